@@ -1,0 +1,45 @@
+//! Actions: what a request does, as a name plus params. This module does no I/O.
+//!
+//! The full catalog (GitHub REST, GraphQL, git smart HTTP, Gmail) lands on top of these types;
+//! until then every request on an intercepted host is an `http.request` and every tunnel a
+//! `net.connect`, the catalog's own fallbacks.
+
+pub mod host;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// What one request does, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    /// The action name, e.g. `http.request`, `net.connect`.
+    pub name: String,
+    /// Typed params; every action carries `host`, and HTTP actions `method` and `path`.
+    pub params: Map<String, Value>,
+}
+
+impl Action {
+    /// A CONNECT to a host the gate does not intercept.
+    pub fn net_connect(target: &host::Authority) -> Action {
+        let mut params = Map::new();
+        params.insert("host".into(), Value::String(target.host.clone()));
+        params.insert("port".into(), Value::from(target.port));
+        Action {
+            name: "net.connect".into(),
+            params,
+        }
+    }
+
+    /// A request the catalog has no more specific name for.
+    pub fn http_request(method: &str, target: &host::Authority, path: &str) -> Action {
+        let mut params = Map::new();
+        params.insert("method".into(), Value::String(method.to_string()));
+        params.insert("host".into(), Value::String(target.host.clone()));
+        params.insert("port".into(), Value::from(target.port));
+        params.insert("path".into(), Value::String(path.to_string()));
+        Action {
+            name: "http.request".into(),
+            params,
+        }
+    }
+}

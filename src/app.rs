@@ -1,0 +1,169 @@
+//! Composition root: builds every component from the [`Config`], binds, runs, shuts down.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::Interim;
+use crate::proxy::forward::{Dialer, Forwarder};
+use crate::proxy::{ProxyState, listener};
+use crate::tls::{self, TlsError, ca, issuer::LeafIssuer};
+
+/// Why the gate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source} (is another gate running? set proxy.listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running gate.
+#[derive(Debug)]
+pub struct Gate {
+    /// Where the proxy listens (the bound address, useful with port 0).
+    pub proxy_addr: SocketAddr,
+    /// The CA certificate agents must trust.
+    pub ca_cert: PathBuf,
+    /// System roots plus the CA, for agents' CA-bundle variables.
+    pub bundle: PathBuf,
+    /// Whether this start created the CA.
+    pub created_ca: bool,
+    issuer: Arc<LeafIssuer>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Gate {
+    /// How many leaf certificates this gate has issued (tests, diagnostics).
+    pub fn certificates_issued(&self) -> u64 {
+        self.issuer.issued()
+    }
+
+    /// Stops accepting connections and waits for the listener to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Builds every component, binds the proxy, and starts serving in the background.
+pub async fn start(config: &Config) -> Result<Gate, AppError> {
+    make_private_dir(&config.data_dir)?;
+    let (ca, created_ca) = ca::ensure(&config.certs_dir)?;
+    let bundle = ca::write_bundle(&config.certs_dir, &ca)?;
+    let ca_cert = ca.cert_path.clone();
+    let provider = tls::provider();
+    let issuer = Arc::new(LeafIssuer::new(ca, provider.clone())?);
+    let upstream_tls = tls::upstream::client_config(&config.upstream.extra_roots, provider)?;
+    let dialer = Dialer::new(
+        config.upstream.overrides.clone(),
+        config.upstream.connect_timeout,
+    );
+    let listener = TcpListener::bind(config.proxy_listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.proxy_listen,
+            source,
+        })?;
+    let proxy_addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.proxy_listen,
+        source,
+    })?;
+    let state = Arc::new(ProxyState {
+        intercept: config.intercept.clone(),
+        policy: Interim {
+            tunnel_allow: config.tunnel_allow.clone(),
+        },
+        limits: config.limits.clone(),
+        issuer: issuer.clone(),
+        forwarder: Forwarder::new(upstream_tls, dialer),
+        own_addrs: vec![proxy_addr, config.dashboard_listen],
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(listener::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    Ok(Gate {
+        proxy_addr,
+        ca_cert,
+        bundle,
+        created_ca,
+        issuer,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Runs the gate until `shutdown` resolves, telling the user how to use it.
+pub async fn run(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
+    let gate = start(config).await?;
+    if gate.created_ca {
+        eprintln!(
+            "agentgate: created a local CA at {}",
+            gate.ca_cert.display()
+        );
+    }
+    eprintln!("{}", banner(config, &gate));
+    shutdown.await;
+    eprintln!("agentgate: shutting down");
+    gate.shutdown().await;
+    Ok(())
+}
+
+fn banner(config: &Config, gate: &Gate) -> String {
+    let hosts: Vec<&str> = config.intercept.iter().map(String::as_str).collect();
+    format!(
+        "agentgate: proxy listening on {addr}\n\
+         agentgate: intercepting {hosts}\n\
+         agentgate: CA certificate {ca}\n\
+         \n\
+         Point an agent at the gate (in the agent's shell):\n\
+         \x20   eval \"$(agentgate env{cfg})\"\n",
+        addr = gate.proxy_addr,
+        hosts = hosts.join(", "),
+        ca = gate.ca_cert.display(),
+        cfg = if config.proxy_listen.port() == gate.proxy_addr.port() {
+            String::new()
+        } else {
+            format!(" # proxy is on port {}", gate.proxy_addr.port())
+        },
+    )
+}
+
+/// Creates `path` (and parents) with mode 0700 if missing.
+fn make_private_dir(path: &std::path::Path) -> Result<(), AppError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| AppError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
+}

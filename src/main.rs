@@ -1,0 +1,158 @@
+//! The `agentgate` command: parse the CLI, load the config, call the library, map errors to
+//! exit codes. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentgate::config::Config;
+use agentgate::{agent_env, app, tls};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agentgate",
+    version,
+    about = "A zero-trust egress gate for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gate (creates the CA and data dir when missing).
+    Run {
+        /// Config file (default: ./agentgate.toml if present, else built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the local CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Print `export` lines that point an agent at the gate: eval "$(agentgate env)".
+    Env {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The agent whose credentials go into the proxy URL.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the local CA (never overwrites an existing one).
+    Init {
+        /// Directory for ca.pem and ca-key.pem (default: the config's paths.certs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the CA certificate's path and SHA-256 fingerprint.
+    Show {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentgate=info")),
+        )
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("agentgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run { config } => {
+            let config = load(config)?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime
+                .block_on(app::run(&config, shutdown_signal()))
+                .map_err(|e| e.to_string())
+        }
+        Command::Ca { command } => match command {
+            CaCommand::Init { dir, config } => {
+                let dir = certs_dir(dir, config)?;
+                let ca = tls::ca::create(&dir).map_err(|e| e.to_string())?;
+                println!(
+                    "created {} (SHA-256 {})",
+                    ca.cert_path.display(),
+                    ca.fingerprint()
+                );
+                Ok(())
+            }
+            CaCommand::Show { dir, config } => {
+                let dir = certs_dir(dir, config)?;
+                let ca = tls::ca::load(&dir).map_err(|e| e.to_string())?;
+                println!("{}\nSHA-256 {}", ca.cert_path.display(), ca.fingerprint());
+                Ok(())
+            }
+        },
+        Command::Env { config, agent } => {
+            if let Some(name) = agent {
+                return Err(format!(
+                    "--agent {name}: agent credentials are not configured in this version; \
+                     run without --agent"
+                ));
+            }
+            let config = load(config)?;
+            let (ca, _) = tls::ca::ensure(&config.certs_dir).map_err(|e| e.to_string())?;
+            let bundle =
+                tls::ca::write_bundle(&config.certs_dir, &ca).map_err(|e| e.to_string())?;
+            let bundle = std::path::absolute(&bundle).unwrap_or(bundle);
+            print!(
+                "{}",
+                agent_env::export_lines(config.proxy_listen, config.dashboard_listen, &bundle)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<Config, String> {
+    Config::load_or_default(config.as_deref()).map_err(|e| e.to_string())
+}
+
+fn certs_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    match dir {
+        Some(d) => Ok(d),
+        None => Ok(load(config)?.certs_dir),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,88 @@
+//! Interception: terminate the agent's TLS with a leaf for the CONNECT target, check the SNI,
+//! and serve HTTP/1.1 and HTTP/2 (by ALPN) into the pipeline, pinned to that target.
+
+use std::sync::Arc;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::activity::{Activity, Tracked};
+use super::pipeline::{self, Origin};
+use super::{ProxyState, serve_until_idle};
+use crate::actions::host::{Authority, canonical_host};
+
+/// Serves one intercepted tunnel until the agent closes it or it idles out.
+pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority) {
+    let handshake_timeout = state.limits.header_read_timeout;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(io));
+    let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return tracing::debug!(%target, "TLS ClientHello refused: {e}"),
+        Err(_) => return tracing::debug!(%target, "TLS ClientHello timed out"),
+    };
+    let misdirected = sni_mismatch(start.client_hello().server_name(), &target);
+    let config = match state.issuer.server_config(&target.host) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(%target, "no certificate for intercepted host: {e}"),
+    };
+    let tls = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(%target, "TLS handshake with agent failed: {e}"),
+        Err(_) => return tracing::debug!(%target, "TLS handshake with agent timed out"),
+    };
+    let origin = Arc::new(Origin {
+        scheme: "https",
+        target,
+        misdirected,
+    });
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(tls, activity.clone()));
+    let builder = agent_builder(&state);
+    let idle = state.limits.idle_timeout;
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let (state, origin) = (state.clone(), origin.clone());
+            let in_flight = activity.request();
+            async move {
+                let resp = pipeline::handle(state, origin, req).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
+    serve_until_idle(conn, &activity, idle).await;
+}
+
+/// The SNI, when sent, must name the CONNECT target.
+fn sni_mismatch(sni: Option<&str>, target: &Authority) -> Option<String> {
+    let sni = sni?;
+    match canonical_host(sni) {
+        Ok(h) if h == target.host => None,
+        _ => Some(format!(
+            "this tunnel was opened to {}; the TLS handshake named {sni:?}",
+            target.host
+        )),
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 server for agents inside intercepted tunnels, with the limits set.
+fn agent_builder(state: &ProxyState) -> auto::Builder<TokioExecutor> {
+    let limits = &state.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}

@@ -1,0 +1,80 @@
+//! The proxy: listener, CONNECT handling, TLS interception, blind tunnels, the request pipeline,
+//! forwarding, and the one place that turns refusals into responses.
+
+pub mod activity;
+pub mod connect;
+pub mod forward;
+pub mod intercept;
+pub mod listener;
+pub mod pipeline;
+pub mod respond;
+pub mod tunnel;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+use crate::actions::host::Authority;
+use crate::config::Limits;
+use crate::policy::Interim;
+use crate::tls::issuer::LeafIssuer;
+
+/// The body type of every response the gate sends to an agent.
+pub type RespBody = BoxBody<Bytes, hyper::Error>;
+
+/// Everything a connection task needs, shared behind an `Arc`.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub intercept: BTreeSet<String>,
+    pub policy: Interim,
+    pub limits: Limits,
+    pub issuer: Arc<LeafIssuer>,
+    pub forwarder: forward::Forwarder,
+    /// The gate's own listening addresses (proxy, dashboard): never reachable through the proxy.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+impl ProxyState {
+    /// Whether the gate terminates TLS for `host` and inspects its requests.
+    pub fn intercepts(&self, host: &str) -> bool {
+        self.intercept.contains(host)
+    }
+
+    /// Whether `target` names one of the gate's own listeners.
+    pub fn is_own_address(&self, target: &Authority) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == target.port && {
+                let ip = own.ip();
+                match target.host.parse::<std::net::IpAddr>() {
+                    Ok(t) => {
+                        t == ip || (ip.is_unspecified() && (t.is_loopback() || t.is_unspecified()))
+                    }
+                    Err(_) => target.host == "localhost" || target.host.ends_with(".localhost"),
+                }
+            }
+        })
+    }
+}
+
+/// Drives a server connection to its end, shutting it down gracefully once it has been idle
+/// (no request in flight, no bytes) for `idle`.
+pub async fn serve_until_idle<C>(conn: C, activity: &activity::Activity, idle: std::time::Duration)
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = activity.idle(idle) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("agent connection ended: {e}");
+    }
+}

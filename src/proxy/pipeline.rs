@@ -1,0 +1,293 @@
+//! The request pipeline every request on an intercepted tunnel (and every plain-HTTP request)
+//! goes through: pin to the tunnel's target -> read the body within the limit -> classify ->
+//! decide -> forward the bytes that were inspected -> stream the response back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::respond::{self, REQUEST_ID_HEADER, Refusal, RequestId};
+use super::{ProxyState, RespBody};
+use crate::actions::Action;
+use crate::actions::host::Authority;
+use crate::policy::Effect;
+
+/// How long, and how much, the gate keeps reading a refused oversized body so that the client
+/// sees the 413 instead of a reset connection.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Where the requests of one connection (or one plain-HTTP request) are allowed to go.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// `https` for intercepted tunnels, the request's own scheme for plain-HTTP requests.
+    pub scheme: &'static str,
+    /// The pinned upstream: the CONNECT target, or the absolute-form URI's authority.
+    pub target: Authority,
+    /// Set when the TLS handshake named another host (SNI): every request is refused.
+    pub misdirected: Option<String>,
+}
+
+impl Origin {
+    fn default_port(&self) -> u16 {
+        if self.scheme == "http" { 80 } else { 443 }
+    }
+}
+
+/// Runs one request through the pipeline; never fails (refusals become responses).
+pub async fn handle(
+    state: Arc<ProxyState>,
+    origin: Arc<Origin>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let rid = RequestId::new();
+    let method = req.method().clone();
+    let mut resp = match run(&state, &origin, req).await {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            tracing::info!(request_id = %rid, %method, target = %origin.target, ?refusal, "refused");
+            respond::refusal(&refusal, &rid)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid.to_string()) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+async fn run(
+    state: &ProxyState,
+    origin: &Origin,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Refusal> {
+    if let Some(why) = &origin.misdirected {
+        return Err(Refusal::Misdirected(why.clone()));
+    }
+    check_target(origin, &req)?;
+    if req.headers().len() > state.limits.max_headers {
+        return Err(Refusal::HeadersTooLarge(format!(
+            "the request has {} header fields; the gate accepts at most {} (limits.max_headers)",
+            req.headers().len(),
+            state.limits.max_headers
+        )));
+    }
+    let (parts, body) = req.into_parts();
+    let path = origin_path(&parts.uri)?;
+    let body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
+    let action = if state.intercepts(&origin.target.host) {
+        Action::http_request(parts.method.as_str(), &origin.target, &path)
+    } else {
+        Action::net_connect(&origin.target)
+    };
+    let decision = state.policy.decide(&action);
+    if decision.effect != Effect::Allow {
+        return Err(Refusal::Blocked(decision));
+    }
+    let upstream = upstream_request(parts, body, origin, &path)?;
+    let resp = state
+        .forwarder
+        .send(upstream)
+        .await
+        .map_err(Refusal::Upstream)?;
+    Ok(downstream(resp))
+}
+
+/// The request must name the pinned target, in its URI and Host header alike.
+fn check_target(origin: &Origin, req: &Request<Incoming>) -> Result<(), Refusal> {
+    let named = |what: &str, value: &str| -> Result<(), Refusal> {
+        let a = Authority::parse(value, Some(origin.default_port())).map_err(|e| {
+            Refusal::BadRequest(format!("the {what} {value:?} is not a valid host: {e}"))
+        })?;
+        if a != origin.target {
+            return Err(Refusal::Misdirected(format!(
+                "this connection goes to {}; the request's {what} names {a}",
+                origin.target
+            )));
+        }
+        Ok(())
+    };
+    if let Some(scheme) = req.uri().scheme_str() {
+        if scheme != origin.scheme {
+            return Err(Refusal::Misdirected(format!(
+                "this connection speaks {}; the request's URI says {scheme}",
+                origin.scheme
+            )));
+        }
+    }
+    if let Some(auth) = req.uri().authority() {
+        named("URI authority", auth.as_str())?;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(Refusal::BadRequest(
+            "the request has more than one Host header".into(),
+        )),
+        (Some(h), None) => {
+            let value = h
+                .to_str()
+                .map_err(|_| Refusal::BadRequest("the Host header is not ASCII".into()))?;
+            named("Host header", value)
+        }
+        (None, _) if req.uri().authority().is_some() => Ok(()),
+        (None, _) => Err(Refusal::BadRequest("the request names no host".into())),
+    }
+}
+
+/// The path and query, which must be origin-form (`/...`).
+fn origin_path(uri: &Uri) -> Result<String, Refusal> {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Ok(pq.as_str().to_string()),
+        _ => Err(Refusal::BadRequest(format!(
+            "the request target {uri} is not a path starting with '/'"
+        ))),
+    }
+}
+
+/// Reads the whole body within `limit`; never decides on a prefix.
+async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, Refusal> {
+    let declared = content_length(headers)?;
+    if declared.is_some_and(|n| n > limit) {
+        drain(body, limit);
+        return Err(Refusal::TooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| Refusal::BadRequest(format!("the request body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                drain(body, limit);
+                return Err(Refusal::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Refusal::BadRequest("the Content-Length header is not a number".into())),
+    }
+}
+
+/// Keeps reading (and discarding) a refused body for a while so the client reads the 413.
+fn drain(mut body: Incoming, limit: u64) {
+    tokio::spawn(async move {
+        let mut seen: u64 = 0;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > limit.saturating_mul(2) {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Builds the upstream request from the parts the pipeline inspected.
+fn upstream_request(
+    parts: Parts,
+    body: Bytes,
+    origin: &Origin,
+    path: &str,
+) -> Result<Request<Full<Bytes>>, Refusal> {
+    let authority = if origin.target.port == origin.default_port() {
+        origin.target.uri_host()
+    } else {
+        origin.target.to_string()
+    };
+    let uri: Uri = format!("{}://{}{}", origin.scheme, authority, path)
+        .parse()
+        .map_err(|e| Refusal::BadRequest(format!("the request target cannot be forwarded: {e}")))?;
+    let had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    if had_length || !body.is_empty() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// The upstream's response with hop-by-hop headers removed; the body streams through.
+fn downstream(resp: Response<Incoming>) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers and every header the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eA=="),
+        );
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+}

@@ -1,0 +1,222 @@
+//! The one place that turns refusals into HTTP responses for agents (design.md section 3).
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use super::RespBody;
+use crate::policy::Decision;
+
+/// Header naming the gate's decision on every refusal.
+pub const DECISION_HEADER: &str = "agentgate-decision";
+/// Header carrying the request id on every response the gate sends.
+pub const REQUEST_ID_HEADER: &str = "agentgate-request-id";
+
+/// Why the gate refused a request, and so which response the agent gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The policy blocked the action (403).
+    Blocked(Decision),
+    /// Malformed or ambiguous request (400); nothing forwarded.
+    BadRequest(String),
+    /// The request names another host than the tunnel it came through (421).
+    Misdirected(String),
+    /// The body is over the inspection limit (413); nothing forwarded.
+    TooLarge { limit: u64 },
+    /// Too many header fields (431).
+    HeadersTooLarge(String),
+    /// The upstream could not be reached or failed (502).
+    Upstream(String),
+    /// The gate is at a capacity limit (503).
+    Overloaded(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Blocked(_) => StatusCode::FORBIDDEN,
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable machine-readable code for the kind of error (absent on policy blocks).
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            Refusal::Blocked(_) => None,
+            Refusal::BadRequest(_) => Some("bad_request"),
+            Refusal::Misdirected(_) => Some("misdirected_request"),
+            Refusal::TooLarge { .. } => Some("body_too_large"),
+            Refusal::HeadersTooLarge(_) => Some("headers_too_large"),
+            Refusal::Upstream(_) => Some("upstream_failed"),
+            Refusal::Overloaded(_) => Some("overloaded"),
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Refusal::Blocked(d) => d.reason.clone(),
+            Refusal::TooLarge { limit } => format!(
+                "the request body is over the gate's inspection limit of {limit} bytes; nothing was forwarded"
+            ),
+            Refusal::BadRequest(r)
+            | Refusal::Misdirected(r)
+            | Refusal::HeadersTooLarge(r)
+            | Refusal::Upstream(r)
+            | Refusal::Overloaded(r) => r.clone(),
+        }
+    }
+
+    /// The JSON body the agent receives.
+    pub fn body(&self, request_id: &RequestId) -> Value {
+        match self {
+            Refusal::Blocked(d) => json!({
+                "decision": "block",
+                "action": d.action,
+                "rules": d.rules,
+                "reason": d.reason,
+                "request_id": request_id.to_string(),
+            }),
+            other => json!({
+                "decision": "error",
+                "error": other.code(),
+                "reason": other.reason(),
+                "request_id": request_id.to_string(),
+            }),
+        }
+    }
+
+    /// Whether the connection should close after this response (ambiguous framing).
+    fn closes(&self) -> bool {
+        matches!(self, Refusal::BadRequest(_) | Refusal::TooLarge { .. })
+    }
+}
+
+/// Builds the response for a refusal.
+pub fn refusal(r: &Refusal, request_id: &RequestId) -> Response<RespBody> {
+    let decision = if matches!(r, Refusal::Blocked(_)) {
+        "block"
+    } else {
+        "error"
+    };
+    let body = r.body(request_id).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = r.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(DECISION_HEADER, HeaderValue::from_static(decision));
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        h.insert(REQUEST_ID_HEADER, v);
+    }
+    if r.closes() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// An empty `200` (the answer to an accepted CONNECT).
+pub fn connect_established() -> Response<RespBody> {
+    Response::new(full(Bytes::new()))
+}
+
+/// A whole HTTP/1.1 response, as bytes, for refusing a connection before any parser runs
+/// (the connection limit).
+pub fn raw_overloaded() -> Vec<u8> {
+    let r = Refusal::Overloaded(
+        "the gate is at its connection limit (limits.max_connections); retry shortly".into(),
+    );
+    let body = r.body(&RequestId::new()).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n{DECISION_HEADER}: error\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request id: unique within the process and across restarts (random prefix + counter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(u64, u64);
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b) & 0xffff_ffff
+        });
+        RequestId(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "req_{:08x}{:08x}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Effect;
+
+    #[test]
+    fn block_body_matches_the_contract() {
+        let rid = RequestId::new();
+        let r = Refusal::Blocked(Decision {
+            effect: Effect::Block,
+            action: "net.connect".into(),
+            rules: vec!["r1".into()],
+            reason: "no".into(),
+        });
+        let resp = refusal(&r, &rid);
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()[DECISION_HEADER], "block");
+        let v = r.body(&rid);
+        assert_eq!(v["decision"], "block");
+        assert_eq!(v["action"], "net.connect");
+        assert_eq!(v["rules"][0], "r1");
+        assert_eq!(v["request_id"], rid.to_string());
+    }
+
+    #[test]
+    fn request_ids_are_distinct() {
+        assert_ne!(RequestId::new().to_string(), RequestId::new().to_string());
+    }
+
+    #[test]
+    fn raw_overloaded_is_a_complete_response() {
+        let raw = String::from_utf8(raw_overloaded()).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "overloaded");
+    }
+}
