@@ -75,6 +75,13 @@ async fn run(
             state.limits.max_headers
         )));
     }
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(Refusal::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
     let (parts, body) = req.into_parts();
     let path = origin_path(&parts.uri)?;
     let body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
@@ -110,6 +117,12 @@ fn check_target(origin: &Origin, req: &Request<Incoming>) -> Result<(), Refusal>
         }
         Ok(())
     };
+    if req.uri().scheme().is_none() && req.uri().authority().is_some() {
+        return Err(Refusal::BadRequest(format!(
+            "the request target {} is authority-form, which only CONNECT uses",
+            req.uri()
+        )));
+    }
     if let Some(scheme) = req.uri().scheme_str() {
         if scheme != origin.scheme {
             return Err(Refusal::Misdirected(format!(

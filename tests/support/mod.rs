@@ -1,0 +1,436 @@
+//! Test support: a test CA, recording fake upstreams that speak real HTTP/1.1 and HTTP/2 over
+//! TLS, the gate on 127.0.0.1:0, and raw clients for what real clients will not send.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentgate::app::{self, Gate};
+use agentgate::config::{Config, TunnelRule};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("agentgate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA made in the test, standing in for the public CAs real upstreams chain to.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_der: CertificateDer<'static>,
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("Test upstream CA {name}"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Writes the CA certificate as PEM into `dir` and returns the path.
+    pub fn write_pem(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, &self.pem).unwrap();
+        p
+    }
+
+    /// A server config for `names`, offering `alpn`.
+    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> rustls::ServerConfig {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        cfg
+    }
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a fake upstream received: exactly what arrived on its socket, decoded by hyper.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A recording fake upstream on 127.0.0.1:0. Routes:
+/// - `/stream/N`: N bytes of a repeating pattern, in 64 KiB chunks;
+/// - `/pause`: the chunk `first`, then waits for [`FakeUpstream::release`], then `rest`;
+/// - `/hop`: a response carrying hop-by-hop headers;
+/// - `/status/N`: an empty response with status N;
+/// - anything else: 200 with `ok <METHOD> <PATH>` and `x-upstream: fake`.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    release: Arc<Notify>,
+}
+
+impl FakeUpstream {
+    /// An HTTPS upstream with a certificate for `names` from `ca`, offering `alpn`.
+    pub async fn tls(ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> FakeUpstream {
+        let cfg = Arc::new(ca.server_config(names, alpn));
+        Self::start(Some(TlsAcceptor::from(cfg))).await
+    }
+
+    /// A plain-HTTP upstream.
+    pub async fn plain() -> FakeUpstream {
+        Self::start(None).await
+    }
+
+    async fn start(tls: Option<TlsAcceptor>) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let (s, r) = (seen.clone(), release.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                let (tls, s, r) = (tls.clone(), s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (s, r) = (s.clone(), r.clone());
+                        async move { Ok::<_, Infallible>(respond(req, s, r).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            seen,
+            release,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn respond(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    release: Arc<Notify>,
+) -> Response<FakeBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.to_vec(),
+    });
+    if let Some(n) = path.strip_prefix("/stream/") {
+        let n: usize = n.parse().unwrap();
+        return Response::new(pattern_stream(n));
+    }
+    if path == "/pause" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
+            release.notified().await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"rest")))).await;
+        });
+        let stream = tokio_stream_from(rx);
+        return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    if path == "/hop" {
+        return Response::builder()
+            .header("connection", "x-up-hop")
+            .header("x-up-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"upstream\"")
+            .header("x-end-to-end", "kept")
+            .body(full("hop"))
+            .unwrap();
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap();
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        if (300..400).contains(&code) {
+            r.headers_mut()
+                .insert("location", "https://elsewhere.example/".parse().unwrap());
+        }
+        return r;
+    }
+    Response::builder()
+        .header("x-upstream", "fake")
+        .body(full(format!("ok {} {}", parts.method, path)))
+        .unwrap()
+}
+
+fn full(s: impl Into<Bytes>) -> FakeBody {
+    BodyExt::boxed(Full::new(s.into()))
+}
+
+/// The byte at offset `i` of every `/stream/N` response.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn pattern_stream(n: usize) -> FakeBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let mut off = 0;
+        while off < n {
+            let len = (n - off).min(64 * 1024);
+            let chunk: Vec<u8> = (off..off + len).map(pattern_byte).collect();
+            if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                return;
+            }
+            off += len;
+        }
+    });
+    BodyExt::boxed(StreamBody::new(tokio_stream_from(rx)))
+}
+
+/// An mpsc receiver as a `Stream` (no extra crate needed).
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The gate under test, with its own CA and config in a scratch directory.
+pub struct TestGate {
+    pub gate: Gate,
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+impl TestGate {
+    /// Starts a gate on 127.0.0.1:0 that trusts `upstream_ca` and sends each listed host's
+    /// traffic to the given address. `edit` can change anything else in the config.
+    pub async fn start(
+        upstream_ca: &TestCa,
+        overrides: &[(&str, SocketAddr)],
+        edit: impl FnOnce(&mut Config),
+    ) -> TestGate {
+        let dir = TempDir::new("gate");
+        let mut config = Config::defaults_in(dir.path());
+        config.proxy_listen = "127.0.0.1:0".parse().unwrap();
+        config.dashboard_listen = "127.0.0.1:1".parse().unwrap();
+        config.upstream.extra_roots = vec![upstream_ca.write_pem(dir.path(), "upstream-ca.pem")];
+        config.upstream.overrides = overrides
+            .iter()
+            .map(|(h, a)| (h.to_string(), a.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        edit(&mut config);
+        let gate = app::start(&config).await.unwrap();
+        TestGate { gate, dir, config }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gate.proxy_addr
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.gate.proxy_addr)
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.gate.ca_cert).unwrap()
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(&self.ca_pem()).unwrap()
+    }
+
+    /// A reqwest client that uses the gate as its proxy and trusts the gate's CA only.
+    pub fn reqwest(&self, http1_only: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(self.proxy_url()).unwrap())
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem()).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20));
+        if http1_only {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
+    /// Writes the gate's CA to a file for external clients (curl --cacert).
+    pub fn ca_file(&self) -> PathBuf {
+        self.gate.ca_cert.clone()
+    }
+
+    pub fn tunnel_allow(config: &mut Config, host: &str, port: Option<u16>) {
+        config.tunnel_allow.push(TunnelRule {
+            host: host.into(),
+            port,
+        });
+    }
+}
+
+/// Sends `CONNECT target` on a fresh connection and returns the stream and the response head.
+pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`) one byte at a time.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await {
+            Ok(Ok(1)) => buf.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A TLS client config trusting only `root`, offering `alpn`.
+pub fn client_tls(root: CertificateDer<'static>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    c
+}
+
+/// CONNECT through the gate to `target`, then TLS with SNI `sni`, trusting `root`.
+pub async fn tls_through(
+    proxy: SocketAddr,
+    target: &str,
+    sni: &str,
+    cfg: rustls::ClientConfig,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let (s, head) = connect(proxy, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT refused: {head}");
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    TlsConnector::from(Arc::new(cfg)).connect(name, s).await
+}
+
+/// Writes raw bytes and reads the whole response until the server closes or `wait` passes.
+pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    raw: &[u8],
+    wait: Duration,
+) -> String {
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a raw HTTP/1.1 response with a Content-Length.
+pub fn json_body(raw: &str) -> serde_json::Value {
+    let (_, body) = raw.split_once("\r\n\r\n").expect("no head/body split");
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
