@@ -75,10 +75,6 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     let provider = tls::provider();
     let issuer = Arc::new(LeafIssuer::new(ca, provider.clone())?);
     let upstream_tls = tls::upstream::client_config(&config.upstream.extra_roots, provider)?;
-    let dialer = Dialer::new(
-        config.upstream.overrides.clone(),
-        config.upstream.connect_timeout,
-    );
     let listener = TcpListener::bind(config.proxy_listen)
         .await
         .map_err(|source| AppError::Bind {
@@ -89,6 +85,12 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         addr: config.proxy_listen,
         source,
     })?;
+    let own_addrs = vec![proxy_addr, config.dashboard_listen];
+    let dialer = Dialer::new(
+        config.upstream.overrides.clone(),
+        config.upstream.connect_timeout,
+        own_addrs.clone(),
+    );
     let state = Arc::new(ProxyState {
         intercept: config.intercept.clone(),
         policy: Interim {
@@ -97,7 +99,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         limits: config.limits.clone(),
         issuer: issuer.clone(),
         forwarder: Forwarder::new(upstream_tls, dialer),
-        own_addrs: vec![proxy_addr, config.dashboard_listen],
+        own_addrs,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(listener::serve(listener, state, async {

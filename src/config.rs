@@ -382,10 +382,10 @@ fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError
 
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     let d = Limits::default();
-    let positive = |key: &str, v: usize| {
-        if v == 0 {
+    let at_least = |key: &str, v: usize, min: usize| {
+        if v < min {
             Err(ConfigError::Invalid(format!(
-                "limits.{key} must be above 0"
+                "limits.{key} = {v}: must be at least {min}"
             )))
         } else {
             Ok(v)
@@ -393,15 +393,17 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     };
     Ok(Limits {
         max_body_bytes: raw.max_body_bytes.unwrap_or(d.max_body_bytes),
-        max_header_bytes: positive(
+        // hyper's smallest read buffer is 8 KiB.
+        max_header_bytes: at_least(
             "max_header_bytes",
             raw.max_header_bytes.unwrap_or(d.max_header_bytes),
-        )?
-        .max(8192),
-        max_headers: positive("max_headers", raw.max_headers.unwrap_or(d.max_headers))?,
-        max_connections: positive(
+            8192,
+        )?,
+        max_headers: at_least("max_headers", raw.max_headers.unwrap_or(d.max_headers), 1)?,
+        max_connections: at_least(
             "max_connections",
             raw.max_connections.unwrap_or(d.max_connections),
+            1,
         )?,
         header_read_timeout: match raw.header_read_timeout {
             Some(t) => parse_duration("limits.header_read_timeout", &t)?,
@@ -495,6 +497,8 @@ backend = "env"
         assert!(e.unwrap_err().to_string().contains("proxy.listen"));
         let e = Config::from_toml("[step_up]\nwindow = \"soon\"", Path::new("."));
         assert!(e.unwrap_err().to_string().contains("step_up.window"));
+        let e = Config::from_toml("[limits]\nmax_header_bytes = 100", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("at least 8192"));
         let e = Config::from_toml("[proxy]\nintercept = [\"a b\"]", Path::new("."));
         assert!(e.unwrap_err().to_string().contains("proxy.intercept"));
     }

@@ -68,7 +68,10 @@ async fn run_gate(config: &Path) -> (Child, String) {
             break;
         }
     }
-    assert!(banner.contains("proxy listening on"), "gate did not start:\n{banner}");
+    assert!(
+        banner.contains("proxy listening on"),
+        "gate did not start:\n{banner}"
+    );
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, banner)
 }
@@ -86,7 +89,10 @@ async fn with_env(config: &Path, script: &str) -> std::process::Output {
         .args(["-c", &full])
         .env_clear()
         .env("PATH", path)
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+        )
         .output()
         .await
         .unwrap()
@@ -101,15 +107,26 @@ async fn run_then_env_lets_curl_and_python_reach_the_upstream() {
     let (_gate, banner) = run_gate(&config).await;
     assert!(banner.contains("created a local CA"), "{banner}");
     let key = dir.path().join("certs/ca-key.pem");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let out = with_env(&config, "curl -sS --fail https://api.github.com/user").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok GET /user");
 
     let py = r#"python3 -c 'import requests; r = requests.post("https://api.github.com/repos/o/r/issues", json={"title": "hi"}); print(r.status_code, r.text, r.headers["agentgate-request-id"][:4])'"#;
     let out = with_env(&config, py).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "200 ok POST /repos/o/r/issues req_"
@@ -151,26 +168,56 @@ async fn env_prints_every_variable_for_every_client() {
         "REQUESTS_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
     ] {
-        assert!(text.contains(&format!("export {var}=")), "{var} missing:\n{text}");
+        assert!(
+            text.contains(&format!("export {var}=")),
+            "{var} missing:\n{text}"
+        );
     }
     let bundle = dir.path().join("certs/bundle.pem");
-    assert!(text.contains(&format!("'{}'", std::path::absolute(&bundle).unwrap().display())));
+    assert!(text.contains(&format!(
+        "'{}'",
+        std::path::absolute(&bundle).unwrap().display()
+    )));
 }
 
 #[tokio::test]
 async fn ca_init_and_show() {
     let dir = TempDir::new("ca");
     let certs = dir.path().join("c");
-    let out = Command::new(BIN).args(["ca", "init", "--dir"]).arg(&certs).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--dir"])
+        .arg(&certs)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created = String::from_utf8(out.stdout).unwrap();
-    let out = Command::new(BIN).args(["ca", "show", "--dir"]).arg(&certs).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["ca", "show", "--dir"])
+        .arg(&certs)
+        .output()
+        .await
+        .unwrap();
     let shown = String::from_utf8(out.stdout).unwrap();
-    let fp = shown.lines().nth(1).unwrap().strip_prefix("SHA-256 ").unwrap();
+    let fp = shown
+        .lines()
+        .nth(1)
+        .unwrap()
+        .strip_prefix("SHA-256 ")
+        .unwrap();
     assert_eq!(fp.len(), 32 * 3 - 1);
     assert!(created.contains(fp));
     // A second init never overwrites the key.
-    let out = Command::new(BIN).args(["ca", "init", "--dir"]).arg(&certs).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--dir"])
+        .arg(&certs)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ca-key.pem"));
 }
@@ -192,7 +239,10 @@ async fn run_refuses_a_ca_key_others_can_read() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("readable by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -200,8 +250,16 @@ async fn a_bad_config_is_a_clear_error() {
     let dir = TempDir::new("badcfg");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[proxy]\nlisten = \"nowhere\"\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("proxy.listen") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("proxy.listen") && err.contains("bad.toml"),
+        "{err}"
+    );
 }

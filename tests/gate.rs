@@ -661,6 +661,42 @@ async fn the_gate_refuses_to_proxy_to_itself() {
 }
 
 #[tokio::test]
+async fn a_name_that_resolves_to_the_gate_is_refused() {
+    let ca = TestCa::new("upstream");
+    // `loop.example` is allowed for tunnels, but it leads to the gate's dashboard address.
+    let gate = TestGate::start(
+        &ca,
+        &[("loop.example", "127.0.0.1:1".parse().unwrap())],
+        |c| TestGate::tunnel_allow(c, "loop.example", None),
+    )
+    .await;
+    let (mut s, head) = connect(gate.addr(), "loop.example:443").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let body = exchange(&mut s, b"", Duration::from_millis(300)).await;
+    assert!(body.contains("the gate's own address"), "{body}");
+}
+
+#[tokio::test]
+async fn a_header_block_over_the_size_limit_is_refused() {
+    let (_ca, up, gate) = github_setup(H1).await;
+    let big = "v".repeat(100 * 1024);
+    let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let raw = format!(
+        "GET http://api.github.com/ HTTP/1.1\r\nHost: api.github.com\r\nx-big: {big}\r\n\r\n"
+    );
+    let resp = exchange(&mut s, raw.as_bytes(), Duration::from_secs(2)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    let cfg = client_tls(gate.ca_der(), H1);
+    let mut tls = tls_through(gate.addr(), "api.github.com:443", "api.github.com", cfg)
+        .await
+        .unwrap();
+    let raw = format!("GET / HTTP/1.1\r\nHost: api.github.com\r\nx-big: {big}\r\n\r\n");
+    let resp = exchange(&mut tls, raw.as_bytes(), Duration::from_secs(2)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
 async fn plain_http_requests_go_through_the_same_pipeline() {
     let ca = TestCa::new("upstream");
     let plain = FakeUpstream::plain().await;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,18 +22,36 @@ use tokio::net::TcpStream;
 
 use crate::actions::host::Authority;
 
-/// Opens TCP connections to upstreams, honouring `upstream.overrides`.
+/// Opens TCP connections to upstreams, honouring `upstream.overrides`, and never to the gate's
+/// own listeners, whatever name resolves there.
 #[derive(Debug, Clone)]
 pub struct Dialer {
     overrides: Arc<BTreeMap<String, String>>,
     connect_timeout: Duration,
+    own_addrs: Arc<Vec<SocketAddr>>,
+}
+
+/// Whether `addr` reaches one of the gate's listeners (`own`); a listener on an unspecified
+/// address is taken to be reachable through every loopback address.
+pub fn is_gate_addr(own: &[SocketAddr], addr: &SocketAddr) -> bool {
+    own.iter().any(|o| {
+        o.port() == addr.port()
+            && (o.ip() == addr.ip()
+                || (o.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
 }
 
 impl Dialer {
-    pub fn new(overrides: BTreeMap<String, String>, connect_timeout: Duration) -> Dialer {
+    pub fn new(
+        overrides: BTreeMap<String, String>,
+        connect_timeout: Duration,
+        own_addrs: Vec<SocketAddr>,
+    ) -> Dialer {
         Dialer {
             overrides: Arc::new(overrides),
             connect_timeout,
+            own_addrs: Arc::new(own_addrs),
         }
     }
 
@@ -49,19 +68,38 @@ impl Dialer {
     /// Connects to `target` with the connect timeout and TCP_NODELAY set.
     pub async fn dial(&self, target: &Authority) -> io::Result<TcpStream> {
         let addr = self.address_for(target);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
+        let timeout = self.connect_timeout;
+        let stream = tokio::time::timeout(timeout, self.connect(&addr))
             .await
             .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "connecting to {addr} timed out after {:?}",
-                        self.connect_timeout
-                    ),
-                )
+                let msg = format!("connecting to {addr} timed out after {timeout:?}");
+                io::Error::new(io::ErrorKind::TimedOut, msg)
             })??;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    /// Resolves `addr`, refuses it if any address is the gate's own, then connects to the
+    /// first address that answers.
+    async fn connect(&self, addr: &str) -> io::Result<TcpStream> {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        if let Some(own) = resolved.iter().find(|a| is_gate_addr(&self.own_addrs, a)) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{addr} resolves to {own}, the gate's own address"),
+            ));
+        }
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to nothing"),
+        );
+        for a in resolved {
+            match TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }
 

@@ -68,6 +68,17 @@ async fn run(
         return Err(Refusal::Misdirected(why.clone()));
     }
     check_target(origin, &req)?;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > state.limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge(format!(
+            "the request's header fields add up to {header_bytes} bytes; the gate accepts at most {} (limits.max_header_bytes)",
+            state.limits.max_header_bytes
+        )));
+    }
     if req.headers().len() > state.limits.max_headers {
         return Err(Refusal::HeadersTooLarge(format!(
             "the request has {} header fields; the gate accepts at most {} (limits.max_headers)",
