@@ -120,6 +120,29 @@ async fn curl_reaches_the_upstream_and_posts_a_file() {
 }
 
 #[tokio::test]
+async fn curl_uploads_with_expect_100_continue() {
+    let (_ca, up, gate) = github_setup(H2_H1).await;
+    let file = gate.dir.path().join("two-megs.bin");
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--http1.1", "--proxy", &gate.proxy_url()])
+        .arg("--cacert")
+        .arg(gate.ca_file())
+        .args(["-H", "Expect: 100-continue", "-T"])
+        .arg(&file)
+        .arg("https://api.github.com/repos/o/r/contents/blob")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rec = up.requests().pop().unwrap();
+    assert_eq!(rec.method, "PUT");
+    assert_eq!(rec.body, body);
+    assert!(!rec.headers.contains_key("expect"));
+}
+
+#[tokio::test]
 async fn a_large_response_streams_through_intact() {
     let (_ca, _up, gate) = github_setup(H2_H1).await;
     for http1_only in [true, false] {

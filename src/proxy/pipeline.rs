@@ -241,6 +241,9 @@ fn upstream_request(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    // The gate already holds the whole body: an expectation of 100-continue was the agent's
+    // question to the gate, not to the upstream.
+    headers.remove(header::EXPECT);
     if had_length || !body.is_empty() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
