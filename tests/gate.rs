@@ -91,29 +91,18 @@ async fn curl_reaches_the_upstream_and_posts_a_file() {
     let (_ca, up, gate) = github_setup(H2_H1).await;
     let file = gate.dir.path().join("payload.bin");
     std::fs::write(&file, binary_body()).unwrap();
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--fail-with-body",
-            "--proxy",
-            &gate.proxy_url(),
-            "--cacert",
+    let data = format!("@{}", file.display());
+    let (code, body, err) = gate
+        .curl(&[
+            "--data-binary",
+            &data,
+            "https://api.github.com/repos/o/r/issues",
         ])
-        .arg(gate.ca_file())
-        .args(["-X", "POST", "--data-binary"])
-        .arg(format!("@{}", file.display()))
-        .arg("https://api.github.com/repos/o/r/issues")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .await;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "ok POST /repos/o/r/issues"
+        (code, body.as_str()),
+        (200, "ok POST /repos/o/r/issues"),
+        "{err}"
     );
     let rec = up.requests().pop().unwrap();
     assert_eq!(rec.body, binary_body());
@@ -125,17 +114,18 @@ async fn curl_uploads_with_expect_100_continue() {
     let file = gate.dir.path().join("two-megs.bin");
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&file, &body).unwrap();
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--http1.1", "--proxy", &gate.proxy_url()])
-        .arg("--cacert")
-        .arg(gate.ca_file())
-        .args(["-H", "Expect: 100-continue", "-T"])
-        .arg(&file)
-        .arg("https://api.github.com/repos/o/r/contents/blob")
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = file.to_string_lossy();
+    let (code, _, err) = gate
+        .curl(&[
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "-T",
+            &file,
+            "https://api.github.com/repos/o/r/contents/blob",
+        ])
+        .await;
+    assert_eq!(code, 200, "{err}");
     let rec = up.requests().pop().unwrap();
     assert_eq!(rec.method, "PUT");
     assert_eq!(rec.body, body);
@@ -250,31 +240,16 @@ async fn curl_sees_413_for_a_large_upload() {
     .await;
     let file = gate.dir.path().join("big.bin");
     std::fs::write(&file, vec![0u8; 3_000_000]).unwrap();
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--proxy",
-            &gate.proxy_url(),
+    let data = format!("@{}", file.display());
+    let (code, body, err) = gate
+        .curl(&[
+            "--data-binary",
+            &data,
+            "https://api.github.com/repos/o/r/issues",
         ])
-        .arg("--cacert")
-        .arg(gate.ca_file())
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg("https://api.github.com/repos/o/r/issues")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.ends_with("\n413"),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("\"body_too_large\""));
+        .await;
+    assert_eq!(code, 413, "{body} {err}");
+    assert!(body.contains("\"body_too_large\""));
     assert!(up.requests().is_empty());
 }
 
@@ -357,26 +332,15 @@ async fn redirects_are_passed_back_not_followed() {
 async fn a_host_header_for_another_host_is_refused() {
     let (_ca, up, gate) = github_setup(H2_H1).await;
     // curl with a forged Host header inside the tunnel to api.github.com.
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--proxy",
-            &gate.proxy_url(),
+    let (code, body, _) = gate
+        .curl(&[
+            "-H",
+            "Host: uploads.github.com",
+            "https://api.github.com/user",
         ])
-        .arg("--cacert")
-        .arg(gate.ca_file())
-        .args(["-H", "Host: uploads.github.com"])
-        .arg("https://api.github.com/user")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.ends_with("\n421"), "{stdout}");
-    assert!(stdout.contains("misdirected_request"));
+        .await;
+    assert_eq!(code, 421, "{body}");
+    assert!(body.contains("misdirected_request"));
     // Raw HTTP/1.1: absolute-form URI naming another host, and duplicate Host headers.
     let cfg = client_tls(gate.ca_der(), H1);
     let mut tls = tls_through(

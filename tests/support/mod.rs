@@ -347,6 +347,31 @@ impl TestGate {
         b.build().unwrap()
     }
 
+    /// Runs the real `curl` through the gate, trusting the gate's CA, with `args` appended.
+    /// Returns the HTTP status (0 when there was none), the body and curl's stderr.
+    pub async fn curl(&self, args: &[&str]) -> (u16, String, String) {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--proxy",
+                &self.proxy_url(),
+            ])
+            .arg("--cacert")
+            .arg(self.ca_file())
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (code.trim().parse().unwrap_or(0), body.to_string(), stderr)
+    }
+
     /// Writes the gate's CA to a file for external clients (curl --cacert).
     pub fn ca_file(&self) -> PathBuf {
         self.gate.ca_cert.clone()
