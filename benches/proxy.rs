@@ -49,9 +49,8 @@ fn main() {
 
 /// One persistent HTTP/1.1 connection each way, small GET, response read in full.
 ///
-/// Each connection is opened just before its own measurement: the gate closes an HTTP/1.1
-/// connection that has waited `limits.header_read_timeout` (10 s) for its next request, so a
-/// connection opened up front would not survive the other side's measurement.
+/// Each connection is opened just before its own measurement, so neither waits idle through
+/// the other side's measurement.
 fn keepalive(c: &mut Criterion, rig: &Rig) {
     let mut g = c.benchmark_group("keepalive_get");
     for name in ["direct", "through_gate"] {

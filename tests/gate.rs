@@ -929,6 +929,64 @@ async fn slow_headers_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
+    // The header timeout times request heads; a connection waiting for its next request is
+    // governed by the idle timeout alone.
+    let ca = TestCa::new("upstream");
+    let up = FakeUpstream::tls(&ca, &["api.github.com"], H1).await;
+    let plain = FakeUpstream::plain().await;
+    let gate = TestGate::start(
+        &ca,
+        &[
+            ("api.github.com", up.addr),
+            ("api.github.com:80", plain.addr),
+        ],
+        |c| {
+            c.limits.header_read_timeout = Duration::from_millis(200);
+            c.limits.idle_timeout = Duration::from_secs(5);
+        },
+    )
+    .await;
+    let cfg = client_tls(gate.ca_der(), H1);
+    let mut tls = tls_through(gate.addr(), "api.github.com:443", "api.github.com", cfg)
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    for i in 0..3 {
+        let req = format!("GET /k{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut tls, req.as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut tls).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "request {i} in tunnel: {head}"
+        );
+        let mut body = vec![0u8; format!("ok GET /k{i}").len()];
+        tokio::io::AsyncReadExt::read_exact(&mut tls, &mut body)
+            .await
+            .unwrap();
+        let req =
+            format!("GET http://api.github.com/p{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "request {i} on proxy port: {head}"
+        );
+        let mut body = vec![0u8; format!("ok GET /p{i}").len()];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut body)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(up.requests().len(), 3);
+    assert_eq!(plain.requests().len(), 3);
+}
+
+#[tokio::test]
 async fn a_slow_upstream_is_not_cut_by_the_idle_timeout() {
     let ca = TestCa::new("upstream");
     let up = FakeUpstream::tls(&ca, &["api.github.com"], H1).await;

@@ -1,5 +1,10 @@
-//! Connection liveness: an I/O wrapper that records activity, and the idle watchdog that closes
-//! a connection with no request in flight and no bytes moving for the idle timeout.
+//! Connection liveness: an I/O wrapper that records activity, and two watchdogs.
+//!
+//! - Idle: no request in flight and no bytes moving for `limits.idle_timeout` -> graceful close.
+//! - Stalled head (HTTP/1): bytes of a new request arrived but the request has not been
+//!   dispatched within `limits.header_read_timeout` -> the connection is dropped. The clock
+//!   starts at the first byte of a request, not when the connection starts waiting, so a
+//!   keep-alive connection may sit quietly for the whole idle timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +22,9 @@ pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Milliseconds since `start` (plus one) when bytes of a not-yet-dispatched request first
+    /// arrived; 0 when no request head is pending.
+    head_since: AtomicU64,
 }
 
 impl Activity {
@@ -25,18 +33,55 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            head_since: AtomicU64::new(0),
         })
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Marks a request in flight until the guard is dropped.
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: with no request in flight they begin a new request head.
+    fn received(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_since.compare_exchange(
+                0,
+                now.saturating_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Marks a request in flight (its head is complete) until the guard is dropped.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Resolves once a request head has been arriving for longer than `timeout` without being
+    /// dispatched (HTTP/1 slow headers).
+    pub async fn stalled_head(&self, timeout: Duration) {
+        loop {
+            let since = self.head_since.load(Ordering::Relaxed);
+            let wait = if since == 0 {
+                timeout
+            } else {
+                let started = self.start + Duration::from_millis(since - 1);
+                if Instant::now() >= started + timeout {
+                    return;
+                }
+                (started + timeout).saturating_duration_since(Instant::now())
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        }
     }
 
     /// Resolves once the connection has been idle (no request in flight, no bytes) for `idle`.
@@ -87,7 +132,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.received();
         }
         r
     }

@@ -32,6 +32,10 @@ pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority) {
         Ok(Err(e)) => return tracing::debug!(%target, "TLS handshake with agent failed: {e}"),
         Err(_) => return tracing::debug!(%target, "TLS handshake with agent timed out"),
     };
+    let head_timeout = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => None,
+        _ => Some(handshake_timeout),
+    };
     let origin = Arc::new(Origin {
         scheme: "https",
         target,
@@ -54,7 +58,7 @@ pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority) {
         })
     };
     let conn = builder.serve_connection(io, service);
-    serve_until_idle(conn, &activity, idle).await;
+    serve_until_idle(conn, &activity, idle, head_timeout).await;
 }
 
 /// The SNI, when sent, must name the CONNECT target.
@@ -76,7 +80,9 @@ fn agent_builder(state: &ProxyState) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's timer would also run while a keep-alive connection waits for its next
+        // request; the stalled-head watchdog (activity.rs) times request heads instead.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     builder

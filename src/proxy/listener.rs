@@ -86,14 +86,18 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Request heads are timed by the stalled-head watchdog (see activity.rs).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = activity.idle(limits.idle_timeout) => {
+        () = activity.stalled_head(limits.header_read_timeout) => {
+            return tracing::debug!(%peer, "request head not complete in time; connection dropped");
+        }
+        () = activity.idle(limits.idle_timeout) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -59,17 +59,29 @@ impl ProxyState {
     }
 }
 
-/// Drives a server connection to its end, shutting it down gracefully once it has been idle
-/// (no request in flight, no bytes) for `idle`.
-pub async fn serve_until_idle<C>(conn: C, activity: &activity::Activity, idle: std::time::Duration)
-where
+/// Drives a server connection to its end: shut down gracefully once it has been idle (no
+/// request in flight, no bytes) for `idle`; dropped when a request head stalls for
+/// `head_timeout` (`None` for HTTP/2, which has no request heads to stall).
+pub async fn serve_until_idle<C>(
+    conn: C,
+    activity: &activity::Activity,
+    idle: std::time::Duration,
+    head_timeout: Option<std::time::Duration>,
+) where
     C: hyper_util::server::graceful::GracefulConnection,
     C::Error: std::fmt::Display,
 {
     tokio::pin!(conn);
+    let stalled = async {
+        match head_timeout {
+            Some(t) => activity.stalled_head(t).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = activity.idle(idle) => {
+        () = stalled => return tracing::debug!("request head not complete in time; connection dropped"),
+        () = activity.idle(idle) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
