@@ -144,7 +144,8 @@ pub fn write_bundle(dir: &Path, ca: &Ca) -> Result<PathBuf, TlsError> {
     }
     out.push_str(&ca.cert_pem);
     let path = dir.join(BUNDLE_FILE);
-    let tmp = dir.join(format!(".{BUNDLE_FILE}.tmp"));
+    // A name of this process's own: `run` and `env` may write the bundle at the same time.
+    let tmp = dir.join(format!(".{BUNDLE_FILE}.{}.tmp", std::process::id()));
     fs::write(&tmp, out).map_err(|e| io(&tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
     Ok(path)
