@@ -99,7 +99,7 @@ impl Interim {
                 action,
                 "config:tunnel_allow",
                 format!(
-                    "tunnels to {target} are not allowed: the host is not intercepted and not in proxy.tunnel_allow"
+                    "connections to {target} are not allowed: the host is not intercepted and not in proxy.tunnel_allow"
                 ),
             )
         }
