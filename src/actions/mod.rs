@@ -5,9 +5,33 @@
 //! `net.connect`, the catalog's own fallbacks.
 
 pub mod host;
+pub mod routes;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// A request as the classifiers see it: canonical, content-decoded, whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Canonical host (lower-case, no trailing dot).
+    pub host: &'a str,
+    /// The effective method, upper-case (after any honoured method override).
+    pub method: &'a str,
+    /// The canonical path, without the query; segments still percent-encoded.
+    pub path: &'a str,
+    /// Query parameters, percent-decoded, in order.
+    pub query: &'a [(String, String)],
+    pub headers: &'a http::HeaderMap,
+    /// The whole body, Content-Encoding removed.
+    pub body: &'a [u8],
+}
+
+/// Why a request could not be classified: it is refused (400), never guessed at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("{0}")]
+    Malformed(String),
+}
 
 /// What one request does, as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
