@@ -4,6 +4,7 @@
 //! until then every request on an intercepted host is an `http.request` and every tunnel a
 //! `net.connect`, the catalog's own fallbacks.
 
+pub mod canonical;
 pub mod host;
 pub mod routes;
 
