@@ -37,34 +37,54 @@ pub enum ClassifyError {
 /// What one request does, as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Action {
-    /// The action name, e.g. `http.request`, `net.connect`.
+    /// The action name, e.g. `github.repos.delete`, `http.request`, `net.connect`.
     pub name: String,
-    /// Typed params; every action carries `host`, and HTTP actions `method` and `path`.
+    /// The request's canonical host (every action has one).
+    pub host: String,
+    /// The effective method (`CONNECT` for `net.connect`).
+    pub method: String,
+    /// The request path without the query (empty for `net.connect`).
+    pub path: String,
+    /// Typed params from the API description (path, query and body fields by their names).
     pub params: Map<String, Value>,
 }
 
 impl Action {
-    /// A CONNECT to a host the gate does not intercept.
+    /// An action with `name` and `params`; host, method and path are set by the catalog.
+    pub fn new(name: &str, params: Map<String, Value>) -> Action {
+        Action {
+            name: name.to_string(),
+            host: String::new(),
+            method: String::new(),
+            path: String::new(),
+            params,
+        }
+    }
+
+    /// A request on an intercepted host that no table describes: `http.request`.
+    pub fn unmapped() -> Action {
+        Action::new("http.request", Map::new())
+    }
+
+    /// A CONNECT (or plain-HTTP request) to a host the gate does not intercept.
     pub fn net_connect(target: &host::Authority) -> Action {
         let mut params = Map::new();
         params.insert("host".into(), Value::String(target.host.clone()));
         params.insert("port".into(), Value::from(target.port));
         Action {
-            name: "net.connect".into(),
-            params,
+            host: target.host.clone(),
+            method: "CONNECT".into(),
+            ..Action::new("net.connect", params)
         }
     }
 
     /// A request the catalog has no more specific name for.
     pub fn http_request(method: &str, target: &host::Authority, path: &str) -> Action {
-        let mut params = Map::new();
-        params.insert("method".into(), Value::String(method.to_string()));
-        params.insert("host".into(), Value::String(target.host.clone()));
-        params.insert("port".into(), Value::from(target.port));
-        params.insert("path".into(), Value::String(path.to_string()));
         Action {
-            name: "http.request".into(),
-            params,
+            host: target.host.clone(),
+            method: method.to_string(),
+            path: path.to_string(),
+            ..Action::unmapped()
         }
     }
 }
