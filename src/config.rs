@@ -59,6 +59,15 @@ struct RawConfig {
     reviewers: Vec<RawPrincipal>,
     #[serde(default)]
     vault: RawVault,
+    #[serde(default)]
+    github: RawGithub,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithub {
+    /// GitHub Enterprise Server hosts (REST under /api/v3); intercepted like github.com.
+    enterprise_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +156,8 @@ pub struct Config {
     pub agents: Vec<Principal>,
     pub reviewers: Vec<Principal>,
     pub vault_backend: VaultBackend,
+    /// GitHub Enterprise Server hosts (also in `intercept`).
+    pub github_enterprise: BTreeSet<String>,
 }
 
 /// How the gate reaches upstreams.
@@ -276,6 +287,7 @@ fn fallback(base: &Path) -> Config {
         agents: Vec::new(),
         reviewers: Vec::new(),
         vault_backend: VaultBackend::Env,
+        github_enterprise: BTreeSet::new(),
     }
 }
 
@@ -302,6 +314,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .iter()
             .map(|r| tunnel_rule(r))
             .collect::<Result<_, _>>()?;
+    }
+    if let Some(hosts) = raw.github.enterprise_hosts {
+        cfg.github_enterprise = hosts
+            .iter()
+            .map(|h| canonical_host("github.enterprise_hosts", h))
+            .collect::<Result<_, _>>()?;
+        cfg.intercept.extend(cfg.github_enterprise.iter().cloned());
     }
     cfg.upstream = upstream(raw.upstream, base)?;
     cfg.limits = limits(raw.limits)?;
@@ -501,6 +520,18 @@ backend = "env"
         assert!(e.unwrap_err().to_string().contains("at least 8192"));
         let e = Config::from_toml("[proxy]\nintercept = [\"a b\"]", Path::new("."));
         assert!(e.unwrap_err().to_string().contains("proxy.intercept"));
+    }
+
+    #[test]
+    fn enterprise_hosts_are_intercepted() {
+        let c = Config::from_toml(
+            "[github]\nenterprise_hosts = [\"GitHub.Acme.Corp\"]",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c.github_enterprise.contains("github.acme.corp"));
+        assert!(c.intercept.contains("github.acme.corp"));
+        assert!(c.intercept.contains("api.github.com"));
     }
 
     #[test]

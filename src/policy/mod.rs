@@ -1,6 +1,6 @@
 //! Decisions. The policy language lands here; until it does, the gate runs the interim rules of
-//! [`Interim`]: requests on intercepted hosts are allowed, tunnels are allowed only to the hosts
-//! in `proxy.tunnel_allow`, and everything else is blocked.
+//! [`Interim`]: every action on an intercepted host is allowed (after the catalog has refused
+//! what is malformed or ambiguous), and `net.connect` only to the hosts in `proxy.tunnel_allow`.
 
 use serde::Serialize;
 
@@ -50,19 +50,33 @@ impl Interim {
     pub fn decide(&self, action: &Action) -> Decision {
         match action.name.as_str() {
             "net.connect" => self.decide_connect(action),
-            "http.request" => Decision::new(
+            _ => Decision::new(
                 Effect::Allow,
                 action,
                 "config:intercepted-host",
                 "requests on intercepted hosts are allowed until a policy is loaded".into(),
             ),
-            other => Decision::new(
-                Effect::Block,
-                action,
-                "config:default",
-                format!("no rule allows {other}"),
-            ),
         }
+    }
+
+    /// Decides every action of one request: the strictest decision wins (the first block, in
+    /// request order); a request with no action is blocked.
+    pub fn decide_all(&self, actions: &[Action]) -> Decision {
+        let mut decisions = actions.iter().map(|a| self.decide(a));
+        let Some(first) = decisions.next() else {
+            return Decision {
+                effect: Effect::Block,
+                action: String::new(),
+                rules: vec!["builtin:no-action".into()],
+                reason: "the request carries no action".into(),
+            };
+        };
+        if first.effect == Effect::Block {
+            return first;
+        }
+        decisions
+            .find(|d| d.effect == Effect::Block)
+            .unwrap_or(first)
     }
 
     fn decide_connect(&self, action: &Action) -> Decision {
@@ -124,5 +138,10 @@ mod tests {
         let d = p.decide(&no);
         assert_eq!(d.effect, Effect::Block);
         assert!(d.reason.contains("evil.example:443"));
+        assert_eq!(
+            p.decide_all(&[ok.clone(), no.clone(), ok]).action,
+            "net.connect"
+        );
+        assert_eq!(p.decide_all(&[]).effect, Effect::Block);
     }
 }
