@@ -85,7 +85,7 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
             }
             b'\\' => return Err(bad("the path has a backslash")),
             b';' => return Err(bad("the path has a ';' parameter")),
-            c if c < 0x20 || c >= 0x7f => {
+            c if !(0x20..0x7f).contains(&c) => {
                 return Err(bad("the path has a control or non-ASCII byte"));
             }
             _ => i += 1,

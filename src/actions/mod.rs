@@ -5,6 +5,7 @@
 //! `net.connect`, the catalog's own fallbacks.
 
 pub mod canonical;
+pub mod generated;
 pub mod host;
 pub mod routes;
 

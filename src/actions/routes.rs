@@ -2,10 +2,12 @@
 //!
 //! Tables are generated from the providers' API descriptions (`tools/gen_routes.py`) into
 //! `src/actions/generated/`. A template is a path of segments: literals, `{name}` (exactly one
-//! segment) and `{+name}` (one or more segments, for names such as git refs and file paths
-//! that may hold `/`). Matching walks the trie preferring, at each segment, a literal, then a
-//! one-segment parameter, then a multi-segment parameter taking as few segments as it can: so
-//! `/repos/o/r/branches/a/b/protection` is the protection of branch `a/b`.
+//! segment), `{+name}` (one or more segments, for names such as git refs and file paths that
+//! may hold `/`), and patterns that mix text and parameters inside one segment (Google's
+//! `{id}:verb`, GitHub's `{base}...{head}`). Matching walks the trie preferring, at each
+//! segment, a literal, then a pattern, then a one-segment parameter, then a multi-segment
+//! parameter taking as few segments as it can: so `/repos/o/r/branches/a/b/protection` is the
+//! protection of branch `a/b`, and `/keypairs/k1:disable` is the `:disable` method of `k1`.
 
 use std::collections::HashMap;
 
@@ -68,17 +70,37 @@ pub type Captured = Vec<(&'static str, String)>;
 #[derive(Debug, Default)]
 struct Node {
     literal: HashMap<&'static str, Node>,
+    /// Segments mixing text and parameters, keyed by their shape (parameter names blanked).
+    patterns: Vec<(String, Vec<Part>, Node)>,
     param: Option<Box<Node>>,
     multi: Option<Box<Node>>,
     /// Routes ending here: (method, index into the table).
     routes: Vec<(&'static str, usize)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Seg {
     Literal(&'static str),
     Param(&'static str),
     Multi(&'static str),
+    Pattern(Vec<Part>),
+}
+
+/// A piece of a pattern segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(&'static str),
+    Param(&'static str),
+}
+
+fn shape(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(t) => (*t).to_string(),
+            Part::Param(_) => "{}".to_string(),
+        })
+        .collect()
 }
 
 /// A trie over one route table.
@@ -104,6 +126,17 @@ impl Router {
                     Seg::Literal(l) => node.literal.entry(l).or_default(),
                     Seg::Param(_) => node.param.get_or_insert_with(Box::default),
                     Seg::Multi(_) => node.multi.get_or_insert_with(Box::default),
+                    Seg::Pattern(parts) => {
+                        let key = shape(&parts);
+                        let at = match node.patterns.iter().position(|(k, _, _)| *k == key) {
+                            Some(at) => at,
+                            None => {
+                                node.patterns.push((key, parts, Node::default()));
+                                node.patterns.len() - 1
+                            }
+                        };
+                        &mut node.patterns[at].2
+                    }
                 };
             }
             if let Some((_, j)) = node.routes.iter().find(|(m, _)| *m == route.method) {
@@ -126,33 +159,41 @@ impl Router {
     /// back to GET. Captured values are percent-decoded.
     pub fn find(&self, method: &str, path: &str) -> Option<(&'static Route, Captured)> {
         let segs: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        let mut spans = Vec::new();
-        let found = walk(&self.root, &segs, 0, method, &mut spans).or_else(|| {
-            (method == "HEAD").then(|| walk(&self.root, &segs, 0, "GET", &mut spans))?
+        let mut raw = Vec::new();
+        let found = walk(&self.root, &segs, 0, method, &mut raw).or_else(|| {
+            (method == "HEAD").then(|| walk(&self.root, &segs, 0, "GET", &mut raw))?
         })?;
         let route = &self.table[found];
-        let names = segments(route.template).ok()?;
-        let mut captured = Vec::new();
-        let mut spans = spans.into_iter();
-        for seg in names {
-            let name = match seg {
-                Seg::Literal(_) => continue,
-                Seg::Param(n) | Seg::Multi(n) => n,
-            };
-            let (from, to) = spans.next()?;
-            captured.push((name, percent_decode(&segs[from..to].join("/"))));
+        let mut names = Vec::new();
+        for seg in segments(route.template).ok()? {
+            match seg {
+                Seg::Literal(_) => {}
+                Seg::Param(n) | Seg::Multi(n) => names.push(n),
+                Seg::Pattern(parts) => names.extend(parts.iter().filter_map(|p| match p {
+                    Part::Param(n) => Some(*n),
+                    Part::Text(_) => None,
+                })),
+            }
         }
+        if names.len() != raw.len() {
+            return None;
+        }
+        let captured = names
+            .into_iter()
+            .zip(raw)
+            .map(|(n, v)| (n, percent_decode(&v)))
+            .collect();
         Some((route, captured))
     }
 }
 
-/// Depth-first match; `spans` collects the segment ranges of parameters on the way.
+/// Depth-first match; `raw` collects the (still encoded) parameter values on the way.
 fn walk(
     node: &Node,
     segs: &[&str],
     at: usize,
     method: &str,
-    spans: &mut Vec<(usize, usize)>,
+    raw: &mut Vec<String>,
 ) -> Option<usize> {
     if at == segs.len() {
         return node
@@ -161,18 +202,29 @@ fn walk(
             .find(|(m, _)| *m == method)
             .map(|(_, i)| *i);
     }
-    if let Some(next) = node.literal.get(segs[at]) {
-        if let Some(i) = walk(next, segs, at + 1, method, spans) {
+    let seg = segs[at];
+    if let Some(next) = node.literal.get(seg) {
+        if let Some(i) = walk(next, segs, at + 1, method, raw) {
             return Some(i);
         }
     }
-    if let Some(next) = &node.param {
-        if !segs[at].is_empty() {
-            spans.push((at, at + 1));
-            if let Some(i) = walk(next, segs, at + 1, method, spans) {
+    for (_, parts, next) in &node.patterns {
+        if let Some(values) = match_pattern(parts, seg) {
+            let mark = raw.len();
+            raw.extend(values);
+            if let Some(i) = walk(next, segs, at + 1, method, raw) {
                 return Some(i);
             }
-            spans.pop();
+            raw.truncate(mark);
+        }
+    }
+    if let Some(next) = &node.param {
+        if !seg.is_empty() {
+            raw.push(seg.to_string());
+            if let Some(i) = walk(next, segs, at + 1, method, raw) {
+                return Some(i);
+            }
+            raw.pop();
         }
     }
     if let Some(next) = &node.multi {
@@ -180,34 +232,83 @@ fn walk(
             if segs[end - 1].is_empty() {
                 break;
             }
-            spans.push((at, end));
-            if let Some(i) = walk(next, segs, end, method, spans) {
+            raw.push(segs[at..end].join("/"));
+            if let Some(i) = walk(next, segs, end, method, raw) {
                 return Some(i);
             }
-            spans.pop();
+            raw.pop();
         }
     }
     None
+}
+
+/// Matches one segment against a pattern; each parameter takes a non-empty run up to the
+/// first occurrence of the text after it.
+fn match_pattern(parts: &[Part], seg: &str) -> Option<Vec<String>> {
+    let mut rest = seg;
+    let mut values = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        match part {
+            Part::Text(t) => rest = rest.strip_prefix(t)?,
+            Part::Param(_) => {
+                let end = match parts.get(i + 1) {
+                    Some(Part::Text(t)) => rest.find(t)?,
+                    Some(Part::Param(_)) => return None,
+                    None => rest.len(),
+                };
+                if end == 0 {
+                    return None;
+                }
+                values.push(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+        }
+    }
+    rest.is_empty().then_some(values)
 }
 
 fn segments(template: &'static str) -> Result<Vec<Seg>, TableError> {
     let rest = template
         .strip_prefix('/')
         .ok_or_else(|| TableError(format!("{template}: does not start with '/'")))?;
-    rest.split('/')
-        .map(
-            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => match name.strip_prefix('+') {
-                    Some(multi) => Ok(Seg::Multi(multi)),
-                    None => Ok(Seg::Param(name)),
-                },
-                None if s.contains(['{', '}']) => Err(TableError(format!(
-                    "{template}: a segment mixes text and a parameter"
-                ))),
-                None => Ok(Seg::Literal(s)),
-            },
-        )
-        .collect()
+    rest.split('/').map(|s| segment(template, s)).collect()
+}
+
+fn segment(template: &str, s: &'static str) -> Result<Seg, TableError> {
+    if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        if !name.contains(['{', '}']) {
+            return Ok(match name.strip_prefix('+') {
+                Some(multi) => Seg::Multi(multi),
+                None => Seg::Param(name),
+            });
+        }
+    }
+    if !s.contains(['{', '}']) {
+        return Ok(Seg::Literal(s));
+    }
+    let bad = || TableError(format!("{template}: cannot read the segment {s:?}"));
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let close = after.find('}').ok_or_else(bad)?;
+            let name = &after[..close];
+            let follows_param = matches!(parts.last(), Some(Part::Param(_)));
+            if name.is_empty() || name.starts_with('+') || follows_param {
+                return Err(bad());
+            }
+            parts.push(Part::Param(name));
+            rest = &after[close + 1..];
+        } else {
+            let end = rest.find('{').unwrap_or(rest.len());
+            if rest[..end].contains('}') {
+                return Err(bad());
+            }
+            parts.push(Part::Text(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    Ok(Seg::Pattern(parts))
 }
 
 /// Percent-decodes a path segment (invalid escapes are kept as written; the canonicaliser
@@ -300,6 +401,34 @@ mod tests {
             kind: Kind::Plain,
             params: &[],
         },
+        Route {
+            method: "GET",
+            template: "/keys/{id}",
+            action: "get-key",
+            kind: Kind::Plain,
+            params: &[],
+        },
+        Route {
+            method: "POST",
+            template: "/keys/{id}:disable",
+            action: "disable-key",
+            kind: Kind::Plain,
+            params: &[],
+        },
+        Route {
+            method: "GET",
+            template: "/compare/{base}...{head}",
+            action: "compare",
+            kind: Kind::Plain,
+            params: &[],
+        },
+        Route {
+            method: "GET",
+            template: "/compare/{+basehead}",
+            action: "compare-bh",
+            kind: Kind::Plain,
+            params: &[],
+        },
     ];
 
     fn find(m: &str, p: &str) -> Option<(&'static str, Vec<(&'static str, String)>)> {
@@ -326,6 +455,18 @@ mod tests {
                 ("path", "dir/a b.txt".into())
             ]
         );
+    }
+
+    #[test]
+    fn pattern_segments() {
+        let (a, c) = find("POST", "/keys/k%201:disable").unwrap();
+        assert_eq!((a, c), ("disable-key", vec![("id", "k 1".to_string())]));
+        assert_eq!(find("GET", "/keys/k1:disable").unwrap().0, "get-key");
+        assert!(find("POST", "/keys/:disable").is_none());
+        let (a, c) = find("GET", "/compare/main...feat").unwrap();
+        assert_eq!(a, "compare");
+        assert_eq!(c, vec![("base", "main".into()), ("head", "feat".into())]);
+        assert_eq!(find("GET", "/compare/a/b...c").unwrap().0, "compare-bh");
     }
 
     #[test]
