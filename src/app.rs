@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::actions::catalog::Catalog;
 use crate::config::Config;
 use crate::policy::Interim;
 use crate::proxy::forward::{Dialer, Forwarder};
@@ -28,6 +29,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Table(#[from] crate::actions::routes::TableError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -93,6 +96,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     );
     let state = Arc::new(ProxyState {
         intercept: config.intercept.clone(),
+        catalog: Catalog::builtin(config.github_enterprise.clone())?,
         policy: Interim {
             tunnel_allow: config.tunnel_allow.clone(),
         },

@@ -6,13 +6,16 @@
 //! - [`proxy`]: listener, CONNECT, interception, tunnels, the request pipeline, forwarding, and
 //!   the one module ([`proxy::respond`]) that turns refusals into responses.
 //! - [`tls`]: the local CA, per-host leaf certificates, upstream trust roots.
-//! - [`actions`]: what a request does (name + params) and host canonicalisation; no I/O.
+//! - [`actions`]: what a request does: canonicalisation, the catalog and its generated route
+//!   tables, one pure classifier per protocol (git smart HTTP, ...); no I/O.
 //! - [`policy`]: decisions; pure, no I/O, no clock.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
+//! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
 
 pub mod actions;
 pub mod agent_env;
 pub mod app;
+pub mod classify;
 pub mod config;
 pub mod policy;
 pub mod proxy;

@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         agent: Option<String>,
     },
+    /// Read one raw HTTP/1.1 request on standard input; print its actions and the decision.
+    Classify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +111,20 @@ fn dispatch(command: Command) -> Result<(), String> {
                 Ok(())
             }
         },
+        Command::Classify { config } => {
+            let config = load(config)?;
+            let catalog =
+                agentgate::actions::catalog::Catalog::builtin(config.github_enterprise.clone())
+                    .map_err(|e| e.to_string())?;
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut raw)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            let report = agentgate::classify::classify_raw(&config, &catalog, &raw)
+                .map_err(|e| e.to_string())?;
+            let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            println!("{text}");
+            Ok(())
+        }
         Command::Env { config, agent } => {
             if let Some(name) = agent {
                 return Err(format!(

@@ -33,7 +33,7 @@ async fn every_method_arrives_byte_exact_over_http1_and_http2() {
             let resp = client
                 .request(
                     method.clone(),
-                    "https://api.github.com/repos/o/r/issues?state=open&x=%20y",
+                    "https://api.github.com/x-test/issues?state=open&x=%20y",
                 )
                 .header("x-agent-header", "yes")
                 .body(body.clone())
@@ -52,11 +52,11 @@ async fn every_method_arrives_byte_exact_over_http1_and_http2() {
             let text = resp.text().await.unwrap();
             assert_eq!(
                 text,
-                format!("ok {method} /repos/o/r/issues?state=open&x=%20y")
+                format!("ok {method} /x-test/issues?state=open&x=%20y")
             );
             let rec = up.requests().pop().unwrap();
             assert_eq!(rec.method, method.as_str());
-            assert_eq!(rec.path, "/repos/o/r/issues?state=open&x=%20y");
+            assert_eq!(rec.path, "/x-test/issues?state=open&x=%20y");
             assert_eq!(rec.body, body, "{method} body byte-exact");
             assert_eq!(rec.headers["x-agent-header"], "yes");
             assert_eq!(rec.headers["content-length"], body.len().to_string());
@@ -96,12 +96,12 @@ async fn curl_reaches_the_upstream_and_posts_a_file() {
         .curl(&[
             "--data-binary",
             &data,
-            "https://api.github.com/repos/o/r/issues",
+            "https://api.github.com/x-test/issues",
         ])
         .await;
     assert_eq!(
         (code, body.as_str()),
-        (200, "ok POST /repos/o/r/issues"),
+        (200, "ok POST /x-test/issues"),
         "{err}"
     );
     let rec = up.requests().pop().unwrap();
@@ -122,7 +122,7 @@ async fn curl_uploads_with_expect_100_continue() {
             "Expect: 100-continue",
             "-T",
             &file,
-            "https://api.github.com/repos/o/r/contents/blob",
+            "https://api.github.com/x-test/contents/blob",
         ])
         .await;
     assert_eq!(code, 200, "{err}");
@@ -188,7 +188,7 @@ async fn a_body_over_the_limit_gets_413_and_nothing_is_forwarded() {
         // Declared length.
         let resp = gate
             .reqwest(http1_only)
-            .post("https://api.github.com/repos/o/r/issues")
+            .post("https://api.github.com/x-test/issues")
             .body(big.clone())
             .send()
             .await
@@ -203,7 +203,7 @@ async fn a_body_over_the_limit_gets_413_and_nothing_is_forwarded() {
             (0..20).map(|_| Ok(vec![b'y'; 64 * 1024])).collect();
         let resp = gate
             .reqwest(http1_only)
-            .put("https://api.github.com/repos/o/r/contents/f")
+            .put("https://api.github.com/x-test/contents/f")
             .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
                 chunks,
             )))
@@ -215,7 +215,7 @@ async fn a_body_over_the_limit_gets_413_and_nothing_is_forwarded() {
     // Exactly at the limit is fine.
     let resp = gate
         .reqwest(true)
-        .post("https://api.github.com/repos/o/r/issues")
+        .post("https://api.github.com/x-test/issues")
         .body(vec![b'z'; 1024 * 1024])
         .send()
         .await
@@ -245,7 +245,7 @@ async fn curl_sees_413_for_a_large_upload() {
         .curl(&[
             "--data-binary",
             &data,
-            "https://api.github.com/repos/o/r/issues",
+            "https://api.github.com/x-test/issues",
         ])
         .await;
     assert_eq!(code, 413, "{body} {err}");
@@ -261,7 +261,7 @@ async fn an_upstream_with_an_untrusted_certificate_gets_502() {
     let gate = TestGate::start(&trusted, &[("api.github.com", up.addr)], |_| {}).await;
     let resp = gate
         .reqwest(true)
-        .post("https://api.github.com/repos/o/r/issues")
+        .post("https://api.github.com/x-test/issues")
         .body("secret body")
         .send()
         .await
@@ -748,6 +748,8 @@ async fn malformed_requests_get_400_and_the_gate_keeps_serving() {
         b"GET / HTTP/1.1\r\n\r\n",
         b"OPTIONS * HTTP/1.1\r\nHost: api.github.com\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: nope\r\n\r\n",
+        b"DELETE /repos/acme/api/../other HTTP/1.1\r\nHost: api.github.com\r\n\r\n",
+        b"DELETE /repos//acme/api HTTP/1.1\r\nHost: api.github.com\r\n\r\n",
     ];
     for raw in inner {
         let mut tls = tls_through(
@@ -802,6 +804,49 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     );
     assert_eq!(seen[0].headers["content-length"], "3");
     assert!(!seen[0].headers.contains_key("transfer-encoding"));
+}
+
+#[tokio::test]
+async fn the_pipeline_forwards_the_decoded_body_it_classified_and_refuses_tricks() {
+    let (_ca, up, gate) = github_setup(H2_H1).await;
+    let client = gate.reqwest(true);
+    let json = br#"{"title":"hello","body":"from gzip"}"#;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, json).unwrap();
+    let resp = client
+        .post("https://api.github.com/repos/acme/api/issues")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rec = up.requests().pop().unwrap();
+    assert_eq!(
+        rec.body, json,
+        "the upstream gets the bytes the gate inspected"
+    );
+    assert!(!rec.headers.contains_key("content-encoding"));
+    assert_eq!(rec.headers["content-length"], json.len().to_string());
+
+    let refused = [
+        client.delete("https://api.github.com/repos/acme%2Fapi"),
+        client
+            .post("https://api.github.com/repos/acme/api")
+            .header("x-http-method-override", "DELETE"),
+        client
+            .put("https://api.github.com/repos/acme/api/collaborators/eve")
+            .header("content-type", "application/json")
+            .body(r#"{"permission":"pull","permission":"admin"}"#),
+    ];
+    for req in refused {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "bad_request", "{v}");
+    }
+    assert_eq!(up.requests().len(), 1, "nothing refused was forwarded");
 }
 
 #[tokio::test]

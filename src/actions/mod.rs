@@ -5,7 +5,9 @@
 //! `net.connect`, the catalog's own fallbacks.
 
 pub mod canonical;
+pub mod catalog;
 pub mod generated;
+pub mod git_smart_http;
 pub mod host;
 pub mod routes;
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
+use crate::actions::catalog::Catalog;
 use crate::actions::host::Authority;
 use crate::config::Limits;
 use crate::policy::Interim;
@@ -29,6 +30,7 @@ pub type RespBody = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug)]
 pub struct ProxyState {
     pub intercept: BTreeSet<String>,
+    pub catalog: Catalog,
     pub policy: Interim,
     pub limits: Limits,
     pub issuer: Arc<LeafIssuer>,

@@ -69,15 +69,32 @@ async fn run(
     }
     check_target(origin, &req)?;
     check_headers(&state.limits, req.headers())?;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = origin_path(&parts.uri)?;
-    let body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
-    let action = if state.intercepts(&origin.target.host) {
-        Action::http_request(parts.method.as_str(), &origin.target, &path)
+    let limit = state.limits.max_body_bytes;
+    let mut body = read_body(body, &parts.headers, limit).await?;
+    let actions = if state.intercepts(&origin.target.host) {
+        let inspected = state
+            .catalog
+            .inspect(
+                &origin.target.host,
+                parts.method.as_str(),
+                &path,
+                &parts.headers,
+                &body,
+                limit,
+            )
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        if let Some(decoded) = inspected.decoded_body {
+            // Forward what was inspected: the decoded bytes, without the encoding.
+            body = Bytes::from(decoded);
+            parts.headers.remove(header::CONTENT_ENCODING);
+        }
+        inspected.actions
     } else {
-        Action::net_connect(&origin.target)
+        vec![Action::net_connect(&origin.target)]
     };
-    let decision = state.policy.decide(&action);
+    let decision = state.policy.decide_all(&actions);
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }

@@ -1,0 +1,243 @@
+//! The catalog: which classifier a request goes to (by host and path), the typed params of a
+//! matched route, and the one `inspect` entry point the proxy and `agentgate classify` share.
+
+use std::collections::BTreeSet;
+
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::routes::{Kind, Loc, Route, Router, TableError, Ty};
+use super::{Action, ClassifyError, Request, canonical, git_smart_http};
+
+/// Hosts that serve the GitHub REST and GraphQL APIs.
+const GITHUB_API_HOSTS: [&str; 2] = ["api.github.com", "uploads.github.com"];
+/// Hosts that serve the Gmail API (security.md: every alias is the same action).
+const GOOGLE_API_HOSTS: [&str; 2] = ["gmail.googleapis.com", "www.googleapis.com"];
+
+/// Everything the gate knows about the APIs it guards.
+#[derive(Debug)]
+pub struct Catalog {
+    github: Router,
+    gmail: Router,
+    /// GitHub Enterprise Server hosts: REST under `/api/v3`, uploads under `/api/uploads`.
+    enterprise: BTreeSet<String>,
+}
+
+/// What the pipeline inspected: the actions, and the body the upstream is to receive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inspected {
+    pub actions: Vec<Action>,
+    /// The effective method (after an honoured method override).
+    pub method: String,
+    /// The body with its Content-Encoding removed, when it had one: the gate forwards these
+    /// bytes (and drops the Content-Encoding header), so the upstream gets what was inspected.
+    #[serde(skip)]
+    pub decoded_body: Option<Vec<u8>>,
+}
+
+impl Catalog {
+    /// The catalog over the generated tables.
+    pub fn builtin(enterprise: BTreeSet<String>) -> Result<Catalog, TableError> {
+        Ok(Catalog {
+            github: Router::new(super::generated::github_rest::ROUTES)?,
+            gmail: Router::new(super::generated::gmail::ROUTES)?,
+            enterprise,
+        })
+    }
+
+    /// Whether the host honours `X-HTTP-Method-Override` (Google APIs do).
+    pub fn honours_method_override(host: &str) -> bool {
+        GOOGLE_API_HOSTS.contains(&host)
+    }
+
+    /// Canonicalises and classifies one whole request on an intercepted host.
+    pub fn inspect(
+        &self,
+        host: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        limit: u64,
+    ) -> Result<Inspected, ClassifyError> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        canonical::check_path(path)?;
+        let query = canonical::parse_query(query)?;
+        let method =
+            canonical::effective_method(method, headers, Self::honours_method_override(host))?;
+        let decoded_body = canonical::decode_body(headers, body, limit)?;
+        let req = Request {
+            host,
+            method: &method,
+            path,
+            query: &query,
+            headers,
+            body: decoded_body.as_deref().unwrap_or(body),
+        };
+        let mut actions = self.classify(&req)?;
+        for a in &mut actions {
+            add_common(a, &req);
+        }
+        Ok(Inspected {
+            actions,
+            method,
+            decoded_body,
+        })
+    }
+
+    fn classify(&self, req: &Request<'_>) -> Result<Vec<Action>, ClassifyError> {
+        if GITHUB_API_HOSTS.contains(&req.host) {
+            return self.github_api(req, req.path).map(|a| vec![a]);
+        }
+        if GOOGLE_API_HOSTS.contains(&req.host) {
+            return self.google(req).map(|a| vec![a]);
+        }
+        if self.enterprise.contains(req.host) {
+            for prefix in ["/api/v3", "/api/uploads"] {
+                if let Some(rest) = req.path.strip_prefix(prefix) {
+                    if rest.starts_with('/') {
+                        return self.github_api(req, rest).map(|a| vec![a]);
+                    }
+                }
+            }
+        }
+        if let Some(git) = git_smart_http::classify(req) {
+            return git.map(|a| vec![a]);
+        }
+        Ok(vec![Action::unmapped()])
+    }
+
+    fn github_api(&self, req: &Request<'_>, path: &str) -> Result<Action, ClassifyError> {
+        match self.github.find(req.method, path) {
+            Some((route, captured)) => {
+                let mut params = route_params(route, captured, req)?;
+                lower_repo(&mut params);
+                Ok(Action::new(route.action, params))
+            }
+            None => Ok(Action::unmapped()),
+        }
+    }
+
+    fn google(&self, req: &Request<'_>) -> Result<Action, ClassifyError> {
+        match self.gmail.find(req.method, req.path) {
+            Some((route, captured)) => {
+                let params = route_params(route, captured, req)?;
+                Ok(Action::new(route.action, params))
+            }
+            None => Ok(Action::unmapped()),
+        }
+    }
+}
+
+/// Path, query and JSON-body params of a matched route, typed from the description.
+fn route_params(
+    route: &Route,
+    captured: Vec<(&'static str, String)>,
+    req: &Request<'_>,
+) -> Result<Map<String, Value>, ClassifyError> {
+    let mut params = Map::new();
+    for (name, value) in captured {
+        params.insert(
+            name.to_string(),
+            typed(&value, ty_of(route, name, Loc::Path)),
+        );
+    }
+    for p in route.params.iter().filter(|p| p.loc == Loc::Query) {
+        let values: Vec<&str> = req
+            .query
+            .iter()
+            .filter(|(k, _)| k == p.name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        match (values.as_slice(), p.ty) {
+            ([], _) => {}
+            (many, Ty::Array) => {
+                let list = many.iter().map(|v| Value::String(v.to_string())).collect();
+                params.insert(p.name.to_string(), Value::Array(list));
+            }
+            ([one], ty) => {
+                params.insert(p.name.to_string(), typed(one, ty));
+            }
+            (_, _) => {
+                return Err(ClassifyError::Malformed(format!(
+                    "the query parameter {:?} is given more than once",
+                    p.name
+                )));
+            }
+        }
+    }
+    if route.kind == Kind::Plain
+        && route.params.iter().any(|p| p.loc == Loc::Body)
+        && !req.body.is_empty()
+    {
+        let body = canonical::parse_json(req.body)?;
+        if let Value::Object(fields) = body {
+            for p in route.params.iter().filter(|p| p.loc == Loc::Body) {
+                if let Some(v) = fields.get(p.name) {
+                    // A body field named like a path parameter (a variable's new `name`, a
+                    // draft's `id`) keeps its value under `body_<name>`.
+                    let key = if params.contains_key(p.name) {
+                        format!("body_{}", p.name)
+                    } else {
+                        p.name.to_string()
+                    };
+                    params.insert(key, v.clone());
+                }
+            }
+        }
+    }
+    Ok(params)
+}
+
+fn ty_of(route: &Route, name: &str, loc: Loc) -> Ty {
+    route
+        .params
+        .iter()
+        .find(|p| p.name == name && p.loc == loc)
+        .map_or(Ty::Str, |p| p.ty)
+}
+
+/// A path or query value typed as described; a value that does not fit stays a string, so a
+/// policy comparing it as a number sees a type error and fails closed.
+fn typed(value: &str, ty: Ty) -> Value {
+    match ty {
+        Ty::Int => value
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(value.into()), Value::from),
+        Ty::Bool => match value {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::String(value.into()),
+        },
+        _ => Value::String(value.into()),
+    }
+}
+
+/// GitHub treats owners and repository names without case: `owner` is lower-cased and `repo`
+/// becomes the lower-case `owner/name` (design.md section 4, the `gh` convention).
+fn lower_repo(params: &mut Map<String, Value>) {
+    let owner = params
+        .get("owner")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    let name = params
+        .get("repo")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    if let Some(owner) = &owner {
+        params.insert("owner".into(), Value::String(owner.clone()));
+    }
+    if let (Some(owner), Some(name)) = (owner, name) {
+        params.insert("repo".into(), Value::String(format!("{owner}/{name}")));
+    }
+}
+
+/// Every action carries the request's host, effective method and path.
+fn add_common(action: &mut Action, req: &Request<'_>) {
+    action.host = req.host.to_string();
+    action.method = req.method.to_string();
+    action.path = req.path.to_string();
+}
