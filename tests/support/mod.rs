@@ -229,6 +229,10 @@ async fn respond(
         let stream = tokio_stream_from(rx);
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
     }
+    let pushed = pushed_refs(&seen.lock().unwrap());
+    if let Some(resp) = git_smart_http(&parts.method, &path, &body, &pushed) {
+        return resp;
+    }
     if path == "/hop" {
         return Response::builder()
             .header("connection", "x-up-hop")
@@ -458,4 +462,109 @@ pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 pub fn json_body(raw: &str) -> serde_json::Value {
     let (_, body) = raw.split_once("\r\n\r\n").expect("no head/body split");
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
+
+/// A pkt-line: four hex digits of length (itself included), then the payload.
+pub fn pkt(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:04x}", payload.len() + 4).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Just enough of a git smart-HTTP server (an empty repository) for real `git push`,
+/// `git ls-remote` and `git clone` to complete: ref advertisements for both services, and a
+/// report-status accepting every ref of a push.
+fn git_smart_http(
+    method: &http::Method,
+    path: &str,
+    body: &[u8],
+    refs: &BTreeMap<String, String>,
+) -> Option<Response<FakeBody>> {
+    let zero = "0".repeat(40);
+    for service in ["git-receive-pack", "git-upload-pack"] {
+        if method == http::Method::GET && path.ends_with(&format!("/info/refs?service={service}")) {
+            let mut out = pkt(format!("# service={service}\n").as_bytes());
+            out.extend_from_slice(b"0000");
+            let caps = if service == "git-receive-pack" {
+                "report-status delete-refs ofs-delta push-options object-format=sha1"
+            } else {
+                "ofs-delta object-format=sha1"
+            };
+            if refs.is_empty() {
+                out.extend(pkt(format!("{zero} capabilities^{{}}\0{caps}\n").as_bytes()));
+            }
+            for (i, (name, id)) in refs.iter().enumerate() {
+                let line = if i == 0 {
+                    format!("{id} {name}\0{caps}\n")
+                } else {
+                    format!("{id} {name}\n")
+                };
+                out.extend(pkt(line.as_bytes()));
+            }
+            out.extend_from_slice(b"0000");
+            let resp = Response::builder()
+                .header(
+                    "content-type",
+                    format!("application/x-{service}-advertisement"),
+                )
+                .header("cache-control", "no-cache")
+                .body(full(out))
+                .unwrap();
+            return Some(resp);
+        }
+    }
+    if method == http::Method::POST && path.ends_with("/git-receive-pack") {
+        let mut out = pkt(b"unpack ok\n");
+        for (_, _, name) in push_commands(body) {
+            out.extend(pkt(format!("ok {name}\n").as_bytes()));
+        }
+        out.extend_from_slice(b"0000");
+        let resp = Response::builder()
+            .header("content-type", "application/x-git-receive-pack-result")
+            .body(full(out))
+            .unwrap();
+        return Some(resp);
+    }
+    None
+}
+
+/// The commands of a receive-pack body: (old, new, ref name).
+fn push_commands(body: &[u8]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 4 {
+        let Some(len) = std::str::from_utf8(&rest[..4])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+        else {
+            break;
+        };
+        if len < 4 || len > rest.len() {
+            break;
+        }
+        let line = &rest[4..len];
+        let line = line.split(|b| *b == 0).next().unwrap_or(line);
+        let text = String::from_utf8_lossy(line);
+        let f: Vec<&str> = text.trim_end().split(' ').collect();
+        if f.len() == 3 {
+            out.push((f[0].to_string(), f[1].to_string(), f[2].to_string()));
+        }
+        rest = &rest[len..];
+    }
+    out
+}
+
+/// The refs of the fake repository: every recorded push applied in order.
+fn pushed_refs(seen: &[Recorded]) -> BTreeMap<String, String> {
+    let mut refs = BTreeMap::new();
+    for r in seen.iter().filter(|r| r.path.ends_with("/git-receive-pack")) {
+        for (_, new, name) in push_commands(&r.body) {
+            if new.bytes().all(|b| b == b'0') {
+                refs.remove(&name);
+            } else {
+                refs.insert(name, new);
+            }
+        }
+    }
+    refs
 }
