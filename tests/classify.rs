@@ -345,3 +345,52 @@ fn duplicate_keys_and_repeated_params_are_refused() {
         b"{not json",
     );
 }
+
+#[test]
+fn graphql_mutations_behind_aliases_and_fragments_are_named() {
+    let gh = &[
+        ("content-type", "application/json"),
+        ("user-agent", "GitHub CLI 2.62.0"),
+    ];
+    let body = br#"{"query":"mutation { harmless: deleteRef(input: {refId: \"R1\"}) { clientMutationId } ...F } fragment F on Mutation { mergePullRequest(input: {pullRequestId: \"P1\"}) { clientMutationId } }"}"#;
+    let i = inspect("api.github.com", "POST", "/graphql", gh, body);
+    let names: Vec<&str> = i.actions.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "github.graphql.deleteRef",
+            "github.graphql.mergePullRequest"
+        ]
+    );
+    assert_eq!(i.actions[0].params["alias"], "harmless");
+    assert_eq!(i.actions[0].params["input"]["refId"], "R1");
+    assert!(
+        i.actions
+            .iter()
+            .all(|a| a.host == "api.github.com" && a.path == "/graphql")
+    );
+    let q = inspect(
+        "github.acme.corp",
+        "POST",
+        "/api/graphql",
+        gh,
+        br#"{"query":"query { viewer { login } }"}"#,
+    );
+    assert_eq!(q.actions[0].name, "github.graphql.query");
+    let p = inspect(
+        "api.github.com",
+        "POST",
+        "/graphql",
+        gh,
+        br#"{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"abc"}}}"#,
+    );
+    assert_eq!(p.actions[0].name, "http.request");
+    assert_eq!(p.actions[0].params["unparsed"], true);
+    refused(
+        "api.github.com",
+        "POST",
+        "/graphql",
+        gh,
+        br#"{"query":"{a}","query":"mutation{deleteRef(input:{})}"}"#,
+    );
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::routes::{Kind, Loc, Route, Router, TableError, Ty};
-use super::{Action, ClassifyError, Request, canonical, git_smart_http};
+use super::{Action, ClassifyError, Request, canonical, git_smart_http, github_graphql};
 
 /// Hosts that serve the GitHub REST and GraphQL APIs.
 const GITHUB_API_HOSTS: [&str; 2] = ["api.github.com", "uploads.github.com"];
@@ -90,12 +90,18 @@ impl Catalog {
 
     fn classify(&self, req: &Request<'_>) -> Result<Vec<Action>, ClassifyError> {
         if GITHUB_API_HOSTS.contains(&req.host) {
+            if req.path == "/graphql" {
+                return github_graphql::classify(req);
+            }
             return self.github_api(req, req.path).map(|a| vec![a]);
         }
         if GOOGLE_API_HOSTS.contains(&req.host) {
             return self.google(req).map(|a| vec![a]);
         }
         if self.enterprise.contains(req.host) {
+            if req.path == "/api/graphql" {
+                return github_graphql::classify(req);
+            }
             for prefix in ["/api/v3", "/api/uploads"] {
                 if let Some(rest) = req.path.strip_prefix(prefix) {
                     if rest.starts_with('/') {

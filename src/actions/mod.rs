@@ -8,6 +8,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod generated;
 pub mod git_smart_http;
+pub mod github_graphql;
 pub mod host;
 pub mod routes;
 
