@@ -9,7 +9,11 @@ pub mod catalog;
 pub mod generated;
 pub mod git_smart_http;
 pub mod github_graphql;
+pub mod gmail;
+pub mod gmail_batch;
+pub mod gmail_resumable;
 pub mod host;
+pub mod mime;
 pub mod routes;
 
 use serde::Serialize;
