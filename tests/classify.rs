@@ -181,33 +181,72 @@ fn every_github_host_and_alias() {
     assert_eq!(name, "http.request");
 }
 
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE.encode(data)
+}
+
+const MESSAGE: &[u8] = b"From: agent@acme.com\r\nTo: \"Smith, John\" <JS@Example.COM>,\r\n  bob@acme.com\r\nCc: =?UTF-8?B?SsO2cmc=?= <jorg@acme.com>\r\nBcc: audit@partner.example\r\nSubject: =?UTF-8?Q?Q3_r=C3=A9sum=C3=A9?=\r\n\r\nHello\r\n";
+
 #[test]
-fn gmail_on_every_host_and_upload_variant() {
+fn gmail_sends_on_every_host_and_body_shape() {
     let google = &[
         ("authorization", "Bearer agentgate-placeholder-google"),
         ("content-type", "application/json"),
         ("user-agent", "google-api-python-client/2.202.0"),
     ];
+    let raw = format!(r#"{{"raw":"{}"}}"#, b64url(MESSAGE));
     for host in ["gmail.googleapis.com", "www.googleapis.com"] {
         let (name, p) = one(
             host,
             "POST",
             "/gmail/v1/users/me/messages/send?alt=json",
             google,
-            br#"{"raw":"VG86IGFAYi5jb20NCg0KaGk="}"#,
+            raw.as_bytes(),
         );
         assert_eq!(name, "gmail.users.messages.send");
         assert_eq!(p["userId"], "me");
-        for prefix in ["/upload", "/resumable/upload"] {
-            let (name, _) = one(
-                host,
-                "POST",
-                &format!("{prefix}/gmail/v1/users/me/messages/send?uploadType=media"),
-                &[("content-type", "message/rfc822")],
-                b"To: a@b.com\r\n\r\nhi",
-            );
-            assert_eq!(name, "gmail.users.messages.send", "{host}{prefix}");
-        }
+        assert_eq!(p["body_shape"], "raw");
+        assert_eq!(
+            p["recipients"],
+            json!([
+                "js@example.com",
+                "bob@acme.com",
+                "jorg@acme.com",
+                "audit@partner.example"
+            ])
+        );
+        assert_eq!(p["subject"], "Q3 résumé");
+        assert!(
+            p.get("raw").is_none(),
+            "the base64 copy is not kept in params"
+        );
+        let (name, p) = one(
+            host,
+            "POST",
+            "/upload/gmail/v1/users/me/messages/send?uploadType=media",
+            &[("content-type", "message/rfc822")],
+            MESSAGE,
+        );
+        assert_eq!(
+            (name.as_str(), p["body_shape"].as_str()),
+            ("gmail.users.messages.send", Some("media"))
+        );
+        assert_eq!(p["bcc"], json!(["audit@partner.example"]));
+        let (name, p) = one(
+            host,
+            "POST",
+            "/resumable/upload/gmail/v1/users/me/messages/send?uploadType=resumable",
+            &[
+                ("content-type", "application/json"),
+                ("x-upload-content-type", "message/rfc822"),
+            ],
+            b"{}",
+        );
+        assert_eq!(
+            (name.as_str(), p["resumable"].as_str()),
+            ("gmail.users.messages.send", Some("start"))
+        );
     }
     let (name, p) = one(
         "gmail.googleapis.com",
@@ -218,6 +257,74 @@ fn gmail_on_every_host_and_upload_variant() {
     );
     assert_eq!(name, "gmail.users.settings.filters.create");
     assert_eq!(p["action"]["forward"], "evil@example.com");
+    // A send whose message cannot be read is refused, never passed as an unknown send.
+    refused(
+        "gmail.googleapis.com",
+        "POST",
+        "/gmail/v1/users/me/messages/send",
+        google,
+        br#"{"raw":"%%%not base64"}"#,
+    );
+    refused(
+        "gmail.googleapis.com",
+        "POST",
+        "/gmail/v1/users/me/messages/send",
+        google,
+        br#"{}"#,
+    );
+}
+
+#[test]
+fn a_send_hidden_in_a_batch_is_found() {
+    let send = format!(r#"{{"raw":"{}"}}"#, b64url(MESSAGE));
+    let body = format!(
+        "--===============7330845974216740156==\nContent-Type: application/http\nMIME-Version: 1.0\nContent-Transfer-Encoding: binary\nContent-ID: <a+1>\n\nGET /gmail/v1/users/me/messages?maxResults=1 HTTP/1.1\nContent-Type: application/json\nMIME-Version: 1.0\naccept: application/json\ncontent-length: 0\n\n\n--===============7330845974216740156==\nContent-Type: application/http\nMIME-Version: 1.0\nContent-Transfer-Encoding: binary\nContent-ID: <a+2>\n\nPOST /gmail/v1/users/me/messages/send?alt=json HTTP/1.1\nContent-Type: application/json\nMIME-Version: 1.0\naccept: application/json\ncontent-length: {}\n\n{}\n--===============7330845974216740156==--",
+        send.len(),
+        send
+    );
+    let ct = "multipart/mixed; boundary=\"===============7330845974216740156==\"";
+    for host in ["gmail.googleapis.com", "www.googleapis.com"] {
+        let i = inspect(
+            host,
+            "POST",
+            "/batch/gmail/v1",
+            &[("content-type", ct)],
+            body.as_bytes(),
+        );
+        let names: Vec<&str> = i.actions.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["gmail.users.messages.list", "gmail.users.messages.send"]
+        );
+        assert_eq!(
+            i.actions[1].params["recipients"][3],
+            "audit@partner.example"
+        );
+        assert_eq!(i.actions[1].path, "/gmail/v1/users/me/messages/send");
+    }
+    // A batch that names another boundary-like line, or nests a batch, is refused.
+    let nested = body.replace(
+        "POST /gmail/v1/users/me/messages/send?alt=json",
+        "POST /batch/gmail/v1",
+    );
+    refused(
+        "gmail.googleapis.com",
+        "POST",
+        "/batch/gmail/v1",
+        &[("content-type", ct)],
+        nested.as_bytes(),
+    );
+    let smuggled = body.replace(
+        "--===============7330845974216740156==--",
+        "--===============7330845974216740156==X\n--===============7330845974216740156==--",
+    );
+    refused(
+        "gmail.googleapis.com",
+        "POST",
+        "/batch/gmail/v1",
+        &[("content-type", ct)],
+        smuggled.as_bytes(),
+    );
 }
 
 #[test]

@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::routes::{Kind, Loc, Route, Router, TableError, Ty};
-use super::{Action, ClassifyError, Request, canonical, git_smart_http, github_graphql};
+use super::{
+    Action, ClassifyError, Request, canonical, git_smart_http, github_graphql, gmail, gmail_batch,
+};
 
 /// Hosts that serve the GitHub REST and GraphQL APIs.
 const GITHUB_API_HOSTS: [&str; 2] = ["api.github.com", "uploads.github.com"];
@@ -77,7 +79,7 @@ impl Catalog {
             headers,
             body: decoded_body.as_deref().unwrap_or(body),
         };
-        let mut actions = self.classify(&req)?;
+        let mut actions = self.classify(&req, limit)?;
         for a in &mut actions {
             add_common(a, &req);
         }
@@ -88,7 +90,7 @@ impl Catalog {
         })
     }
 
-    fn classify(&self, req: &Request<'_>) -> Result<Vec<Action>, ClassifyError> {
+    fn classify(&self, req: &Request<'_>, limit: u64) -> Result<Vec<Action>, ClassifyError> {
         if GITHUB_API_HOSTS.contains(&req.host) {
             if req.path == "/graphql" {
                 return github_graphql::classify(req);
@@ -96,6 +98,9 @@ impl Catalog {
             return self.github_api(req, req.path).map(|a| vec![a]);
         }
         if GOOGLE_API_HOSTS.contains(&req.host) {
+            if gmail_batch::is_batch_path(req.path) {
+                return self.google_batch(req, limit);
+            }
             return self.google(req).map(|a| vec![a]);
         }
         if self.enterprise.contains(req.host) {
@@ -130,11 +135,45 @@ impl Catalog {
     fn google(&self, req: &Request<'_>) -> Result<Action, ClassifyError> {
         match self.gmail.find(req.method, req.path) {
             Some((route, captured)) => {
-                let params = route_params(route, captured, req)?;
+                let mut params = route_params(route, captured, req)?;
+                gmail::message_params(route, req, &mut params)?;
+                // The message is described by its params; its base64 copy is dead weight.
+                params.remove("raw");
+                if let Some(Value::Object(message)) = params.get_mut("message") {
+                    message.remove("raw");
+                }
                 Ok(Action::new(route.action, params))
             }
             None => Ok(Action::unmapped()),
         }
+    }
+
+    /// A batch: every inner request canonicalised and classified as if sent on its own.
+    fn google_batch(&self, req: &Request<'_>, limit: u64) -> Result<Vec<Action>, ClassifyError> {
+        let mut actions = Vec::new();
+        for (n, inner) in gmail_batch::split(req)?.into_iter().enumerate() {
+            let part =
+                |e: ClassifyError| ClassifyError::Malformed(format!("batch part {}: {e}", n + 1));
+            let inspected = self
+                .inspect(
+                    req.host,
+                    &inner.method,
+                    &inner.path_and_query,
+                    &inner.headers,
+                    &inner.body,
+                    limit,
+                )
+                .map_err(part)?;
+            if inspected.decoded_body.is_some() {
+                // The batch is forwarded as sent: an encoded part would reach the upstream in
+                // another form than the one inspected.
+                return Err(part(ClassifyError::Malformed(
+                    "a Content-Encoding inside a batch part is not accepted".into(),
+                )));
+            }
+            actions.extend(inspected.actions);
+        }
+        Ok(actions)
     }
 }
 
@@ -241,8 +280,12 @@ fn lower_repo(params: &mut Map<String, Value>) {
     }
 }
 
-/// Every action carries the request's host, effective method and path.
+/// Every action carries the request's host, effective method and path (actions of a batch
+/// part already carry their own).
 fn add_common(action: &mut Action, req: &Request<'_>) {
+    if !action.method.is_empty() {
+        return;
+    }
     action.host = req.host.to_string();
     action.method = req.method.to_string();
     action.path = req.path.to_string();
