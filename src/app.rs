@@ -97,6 +97,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     let state = Arc::new(ProxyState {
         intercept: config.intercept.clone(),
         catalog: Catalog::builtin(config.github_enterprise.clone())?,
+        uploads: crate::proxy::resumable::Uploads::new(config.limits.max_body_bytes),
         policy: Interim {
             tunnel_allow: config.tunnel_allow.clone(),
         },

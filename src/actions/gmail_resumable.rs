@@ -136,6 +136,11 @@ impl Sessions {
         }
     }
 
+    /// The action the session `upload_id` started as, while it is tracked.
+    pub fn action_of(&self, upload_id: &str) -> Option<&str> {
+        self.sessions.get(upload_id).map(|s| s.action.as_str())
+    }
+
     /// Sessions tracked (expired ones included until they are dropped).
     pub fn len(&self) -> usize {
         self.sessions.len()

@@ -8,6 +8,7 @@ pub mod intercept;
 pub mod listener;
 pub mod pipeline;
 pub mod respond;
+pub mod resumable;
 pub mod tunnel;
 
 use std::collections::BTreeSet;
@@ -31,6 +32,8 @@ pub type RespBody = BoxBody<Bytes, hyper::Error>;
 pub struct ProxyState {
     pub intercept: BTreeSet<String>,
     pub catalog: Catalog,
+    /// Gmail resumable upload sessions in progress.
+    pub uploads: resumable::Uploads,
     pub policy: Interim,
     pub limits: Limits,
     pub issuer: Arc<LeafIssuer>,

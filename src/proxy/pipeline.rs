@@ -12,9 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::respond::{self, REQUEST_ID_HEADER, Refusal, RequestId};
+use super::resumable::Uploads;
 use super::{ProxyState, RespBody};
-use crate::actions::Action;
+use crate::actions::catalog::Catalog;
 use crate::actions::host::Authority;
+use crate::actions::{Action, ClassifyError, canonical};
 use crate::policy::Effect;
 
 /// How long, and how much, the gate keeps reading a refused oversized body so that the client
@@ -71,40 +73,86 @@ async fn run(
     check_headers(&state.limits, req.headers())?;
     let (mut parts, body) = req.into_parts();
     let path = origin_path(&parts.uri)?;
-    let limit = state.limits.max_body_bytes;
-    let mut body = read_body(body, &parts.headers, limit).await?;
-    let actions = if state.intercepts(&origin.target.host) {
-        let inspected = state
-            .catalog
-            .inspect(
-                &origin.target.host,
-                parts.method.as_str(),
-                &path,
-                &parts.headers,
-                &body,
-                limit,
-            )
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
-        if let Some(decoded) = inspected.decoded_body {
-            // Forward what was inspected: the decoded bytes, without the encoding.
-            body = Bytes::from(decoded);
-            parts.headers.remove(header::CONTENT_ENCODING);
-        }
-        inspected.actions
-    } else {
-        vec![Action::net_connect(&origin.target)]
-    };
+    let mut body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
+    let actions = classify(state, origin, &mut parts, &mut body, &path)?;
     let decision = state.policy.decide_all(&actions);
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }
+    // A Gmail resumable upload starts here: remember the session the upstream creates.
+    let upload_start = actions
+        .iter()
+        .find(|a| a.params.get("resumable").and_then(|v| v.as_str()) == Some("start"))
+        .map(|a| (a.clone(), parts.headers.clone()));
     let upstream = upstream_request(parts, body, origin, &path)?;
     let resp = state
         .forwarder
         .send(upstream)
         .await
         .map_err(Refusal::Upstream)?;
+    if let Some((action, request_headers)) = upload_start {
+        if resp.status().is_success() {
+            state
+                .uploads
+                .started("", &action, &request_headers, resp.headers());
+        }
+    }
     Ok(downstream(resp))
+}
+
+/// The actions of a request. On intercepted hosts the catalog canonicalises and classifies
+/// it (and a Content-Encoding is replaced by the decoded bytes, which are then forwarded);
+/// the data requests of a Gmail resumable upload are classified against their session.
+fn classify(
+    state: &ProxyState,
+    origin: &Origin,
+    parts: &mut Parts,
+    body: &mut Bytes,
+    path: &str,
+) -> Result<Vec<Action>, Refusal> {
+    let host = origin.target.host.as_str();
+    if !state.intercepts(host) {
+        return Ok(vec![Action::net_connect(&origin.target)]);
+    }
+    let bad = |e: ClassifyError| Refusal::BadRequest(e.to_string());
+    if Catalog::honours_method_override(host) {
+        if let Some(id) = Uploads::upload_id(path).map_err(bad)? {
+            let path_only = path.split('?').next().unwrap_or(path);
+            canonical::check_path(path_only).map_err(bad)?;
+            if parts.headers.contains_key(header::CONTENT_ENCODING) {
+                return Err(Refusal::BadRequest(
+                    "upload chunks are forwarded as sent and may not carry a Content-Encoding"
+                        .into(),
+                ));
+            }
+            let mut action = state
+                .uploads
+                .chunk("", &id, parts.method.as_str(), &parts.headers, body)
+                .map_err(bad)?;
+            action.host = host.to_string();
+            action.method = parts.method.to_string();
+            action.path = path_only.to_string();
+            return Ok(vec![action]);
+        }
+    }
+    let limit = state.limits.max_body_bytes;
+    let inspected = state
+        .catalog
+        .inspect(
+            host,
+            parts.method.as_str(),
+            path,
+            &parts.headers,
+            body,
+            limit,
+        )
+        .map_err(bad)?;
+    if let Some(decoded) = inspected.decoded_body {
+        // Forward what was inspected: the decoded bytes, without the encoding.
+        *body = Bytes::from(decoded);
+        parts.headers.remove(header::CONTENT_ENCODING);
+    }
+    Ok(inspected.actions)
 }
 
 /// Header limits, and framing that must not be ambiguous.

@@ -229,6 +229,9 @@ async fn respond(
         let stream = tokio_stream_from(rx);
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
     }
+    if let Some(resp) = google_resumable(&path, &parts.headers) {
+        return resp;
+    }
     let pushed = pushed_refs(&seen.lock().unwrap());
     if let Some(resp) = git_smart_http(&parts.method, &path, &body, &pushed) {
         return resp;
@@ -557,7 +560,10 @@ fn push_commands(body: &[u8]) -> Vec<(String, String, String)> {
 /// The refs of the fake repository: every recorded push applied in order.
 fn pushed_refs(seen: &[Recorded]) -> BTreeMap<String, String> {
     let mut refs = BTreeMap::new();
-    for r in seen.iter().filter(|r| r.path.ends_with("/git-receive-pack")) {
+    for r in seen
+        .iter()
+        .filter(|r| r.path.ends_with("/git-receive-pack"))
+    {
         for (_, new, name) in push_commands(&r.body) {
             if new.bytes().all(|b| b == b'0') {
                 refs.remove(&name);
@@ -567,4 +573,40 @@ fn pushed_refs(seen: &[Recorded]) -> BTreeMap<String, String> {
         }
     }
     refs
+}
+
+/// Google's resumable upload protocol: a start answered with the session URL, data chunks
+/// answered 308 until the last one, which answers 200.
+fn google_resumable(path: &str, headers: &HeaderMap) -> Option<Response<FakeBody>> {
+    if !path.starts_with("/resumable/upload/") {
+        return None;
+    }
+    if !path.contains("upload_id=") {
+        let location = format!("https://gmail.googleapis.com{path}&upload_id=SESSION-1");
+        let resp = Response::builder()
+            .header("location", location)
+            .body(full(""))
+            .unwrap();
+        return Some(resp);
+    }
+    let range = headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // `bytes a-b/total`: the last chunk ends at total - 1.
+    let last = range
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(span, total)| {
+            let end: u64 = span.split_once('-')?.1.parse().ok()?;
+            let total: u64 = total.parse().ok()?;
+            Some(end + 1 == total)
+        })
+        .unwrap_or(true);
+    let resp = if last {
+        Response::builder().body(full(r#"{"id":"msg-1"}"#)).unwrap()
+    } else {
+        Response::builder().status(308).body(full("")).unwrap()
+    };
+    Some(resp)
 }
