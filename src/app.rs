@@ -98,6 +98,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         intercept: config.intercept.clone(),
         catalog: Catalog::builtin(config.github_enterprise.clone())?,
         uploads: crate::proxy::resumable::Uploads::new(config.limits.max_body_bytes),
+        drafts: Default::default(),
         policy: Interim {
             tunnel_allow: config.tunnel_allow.clone(),
         },

@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod connect;
+pub mod drafts;
 pub mod forward;
 pub mod intercept;
 pub mod listener;
@@ -32,6 +33,8 @@ pub type RespBody = BoxBody<Bytes, hyper::Error>;
 pub struct ProxyState {
     pub intercept: BTreeSet<String>,
     pub catalog: Catalog,
+    /// Message params of Gmail drafts the gate saw written.
+    pub drafts: drafts::Drafts,
     /// Gmail resumable upload sessions in progress.
     pub uploads: resumable::Uploads,
     pub policy: Interim,

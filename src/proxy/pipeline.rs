@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::drafts::Drafts;
 use super::respond::{self, REQUEST_ID_HEADER, Refusal, RequestId};
 use super::resumable::Uploads;
 use super::{ProxyState, RespBody};
@@ -74,7 +75,10 @@ async fn run(
     let (mut parts, body) = req.into_parts();
     let path = origin_path(&parts.uri)?;
     let mut body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
-    let actions = classify(state, origin, &mut parts, &mut body, &path)?;
+    let mut actions = classify(state, origin, &mut parts, &mut body, &path)?;
+    for action in &mut actions {
+        state.drafts.complete_send("", action);
+    }
     let decision = state.policy.decide_all(&actions);
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
@@ -84,6 +88,7 @@ async fn run(
         .iter()
         .find(|a| a.params.get("resumable").and_then(|v| v.as_str()) == Some("start"))
         .map(|a| (a.clone(), parts.headers.clone()));
+    let draft_write = actions.iter().find(|a| Drafts::writes_draft(a)).cloned();
     let upstream = upstream_request(parts, body, origin, &path)?;
     let resp = state
         .forwarder
@@ -97,7 +102,10 @@ async fn run(
                 .started("", &action, &request_headers, resp.headers());
         }
     }
-    Ok(downstream(resp))
+    if let Some(action) = draft_write {
+        return Ok(downstream(state.drafts.written("", &action, resp).await));
+    }
+    Ok(downstream(resp.map(BodyExt::boxed)))
 }
 
 /// The actions of a request. On intercepted hosts the catalog canonicalises and classifies
@@ -328,11 +336,11 @@ fn upstream_request(
 }
 
 /// The upstream's response with hop-by-hop headers removed; the body streams through.
-fn downstream(resp: Response<Incoming>) -> Response<RespBody> {
+fn downstream(resp: Response<RespBody>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body)
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
