@@ -364,6 +364,18 @@ fn method_override_changes_the_action_or_is_refused() {
 }
 
 #[test]
+fn letter_case_cannot_hide_an_action() {
+    let (name, p) = one("api.github.com", "DELETE", "/REPOS/Acme/API", OCTOKIT, b"");
+    assert_eq!(
+        name, "github.repos.delete",
+        "literal segments match in any case"
+    );
+    assert_eq!(p["repo"], "acme/api");
+    refused("api.github.com", "delete", "/repos/acme/api", OCTOKIT, b"");
+    refused("api.github.com", "Delete", "/repos/acme/api", OCTOKIT, b"");
+}
+
+#[test]
 fn path_tricks_are_refused() {
     for path in [
         "/repos/acme/api/../other",

@@ -91,10 +91,8 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
             _ => i += 1,
         }
     }
-    let decoded = super::routes::percent_decode(seg);
-    if decoded == "." || decoded == ".." {
-        return Err(bad("the path has an encoded dot segment"));
-    }
+    // Encoded dots were refused above (percent-encoded unreserved characters), so a segment
+    // with no '%' is already known not to decode to a dot segment.
     Ok(())
 }
 
@@ -155,6 +153,11 @@ pub fn effective_method(
     headers: &HeaderMap,
     honours_override: bool,
 ) -> Result<String, ClassifyError> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(bad(format!(
+            "the method {method:?} is not an upper-case method name"
+        )));
+    }
     let mut found: Option<String> = None;
     for name in METHOD_OVERRIDE_HEADERS {
         let mut values = headers.get_all(name).iter();
@@ -390,6 +393,8 @@ mod tests {
             effective_method("POST", &h, false).is_err(),
             "refused where not honoured"
         );
+        assert!(effective_method("delete", &HeaderMap::new(), true).is_err());
+        assert!(effective_method("DEL ETE", &HeaderMap::new(), true).is_err());
         let mut h2 = HeaderMap::new();
         h2.insert("x-http-method", "DELETE".parse().unwrap());
         assert!(effective_method("POST", &h2, true).is_err());

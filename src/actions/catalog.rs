@@ -137,11 +137,6 @@ impl Catalog {
             Some((route, captured)) => {
                 let mut params = route_params(route, captured, req)?;
                 gmail::message_params(route, req, &mut params)?;
-                // The message is described by its params; its base64 copy is dead weight.
-                params.remove("raw");
-                if let Some(Value::Object(message)) = params.get_mut("message") {
-                    message.remove("raw");
-                }
                 Ok(Action::new(route.action, params))
             }
             None => Ok(Action::unmapped()),
@@ -220,7 +215,15 @@ fn route_params(
     {
         let body = canonical::parse_json(req.body)?;
         if let Value::Object(fields) = body {
-            for p in route.params.iter().filter(|p| p.loc == Loc::Body) {
+            // A Gmail message travels in `raw` (or a draft's `message.raw`); the message
+            // params describe it, so the base64 text is not copied into params.
+            let carries_message = route.action.starts_with("gmail.");
+            for p in route
+                .params
+                .iter()
+                .filter(|p| p.loc == Loc::Body)
+                .filter(|p| !(carries_message && matches!(p.name, "raw" | "message")))
+            {
                 if let Some(v) = fields.get(p.name) {
                     // A body field named like a path parameter (a variable's new `name`, a
                     // draft's `id`) keeps its value under `body_<name>`.

@@ -348,16 +348,15 @@ fn decode_raw(raw: &str) -> Result<Vec<u8>, ClassifyError> {
     if padding > 2 || (padding > 0 && raw.len() % 4 != 0) {
         return Err(bad("the message raw has invalid base64 padding"));
     }
-    let url_safe: String = unpadded
-        .chars()
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    URL_SAFE_NO_PAD
-        .decode(url_safe)
+    // Google also reads the standard alphabet; decode it as such, without rewriting the text
+    // (a mix of both alphabets is refused by either engine).
+    let engine = if unpadded.bytes().any(|b| b == b'+' || b == b'/') {
+        &base64::engine::general_purpose::STANDARD_NO_PAD
+    } else {
+        &URL_SAFE_NO_PAD
+    };
+    engine
+        .decode(unpadded)
         .map_err(|e| bad(format!("the message raw is not valid base64url: {e}")))
 }
 

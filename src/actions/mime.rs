@@ -855,18 +855,35 @@ const MIME_BASE64: GeneralPurpose = GeneralPurpose::new(
 fn decoded_len(body: &[u8], encoding: TransferEncoding) -> Result<usize, ClassifyError> {
     match encoding {
         TransferEncoding::Identity => Ok(body.len()),
-        TransferEncoding::Base64 => {
-            let clean: Vec<u8> = body
-                .iter()
-                .copied()
-                .filter(|b| !b" \t\r\n".contains(b))
-                .collect();
-            MIME_BASE64
-                .decode(clean)
-                .map(|d| d.len())
-                .map_err(|e| bad(format!("a base64 body part cannot be decoded: {e}")))
-        }
+        TransferEncoding::Base64 => base64_len(body),
         TransferEncoding::QuotedPrintable => Ok(quoted_printable_len(body)),
+    }
+}
+
+/// The decoded size of a MIME base64 body, decoded in fixed-size chunks (no copy of the body):
+/// every byte is checked exactly as a whole-body decode would, padding only at the very end.
+fn base64_len(body: &[u8]) -> Result<usize, ClassifyError> {
+    const CHUNK: usize = 4096;
+    let mut chars = [0u8; CHUNK];
+    let mut out = [0u8; CHUNK / 4 * 3];
+    let mut input = body.iter().copied().filter(|b| !b" \t\r\n".contains(b));
+    let mut total = 0;
+    loop {
+        let mut filled = 0;
+        for b in input.by_ref().take(CHUNK) {
+            chars[filled] = b;
+            filled += 1;
+        }
+        let chunk = &chars[..filled];
+        if filled == CHUNK && chunk.last() == Some(&b'=') {
+            return Err(bad("a base64 body part has padding before its end"));
+        }
+        total += MIME_BASE64
+            .decode_slice(chunk, &mut out)
+            .map_err(|e| bad(format!("a base64 body part cannot be decoded: {e}")))?;
+        if filled < CHUNK {
+            return Ok(total);
+        }
     }
 }
 

@@ -69,7 +69,9 @@ pub type Captured = Vec<(&'static str, String)>;
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<&'static str, Node>,
+    /// Literal segments, lower-cased: matching ignores ASCII case, so `/REPOS/o/r` is the same
+    /// operation as `/repos/o/r` whether or not the upstream would accept it (stricter).
+    literal: HashMap<String, Node>,
     /// Segments mixing text and parameters, keyed by their shape (parameter names blanked).
     patterns: Vec<(String, Vec<Part>, Node)>,
     param: Option<Box<Node>>,
@@ -123,7 +125,7 @@ impl Router {
             let mut node = &mut root;
             for seg in segments(route.template)? {
                 node = match seg {
-                    Seg::Literal(l) => node.literal.entry(l).or_default(),
+                    Seg::Literal(l) => node.literal.entry(l.to_ascii_lowercase()).or_default(),
                     Seg::Param(_) => node.param.get_or_insert_with(Box::default),
                     Seg::Multi(_) => node.multi.get_or_insert_with(Box::default),
                     Seg::Pattern(parts) => {
@@ -203,7 +205,12 @@ fn walk(
             .map(|(_, i)| *i);
     }
     let seg = segs[at];
-    if let Some(next) = node.literal.get(seg) {
+    let folded = if seg.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(seg.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(seg)
+    };
+    if let Some(next) = node.literal.get(folded.as_ref()) {
         if let Some(i) = walk(next, segs, at + 1, method, raw) {
             return Some(i);
         }
@@ -467,6 +474,13 @@ mod tests {
         assert_eq!(a, "compare");
         assert_eq!(c, vec![("base", "main".into()), ("head", "feat".into())]);
         assert_eq!(find("GET", "/compare/a/b...c").unwrap().0, "compare-bh");
+    }
+
+    #[test]
+    fn literals_ignore_case_and_params_keep_it() {
+        let (a, c) = find("DELETE", "/REPOS/Acme/Api").unwrap();
+        assert_eq!(a, "delete-repo");
+        assert_eq!(c[0].1, "Acme");
     }
 
     #[test]
