@@ -180,10 +180,12 @@ fn route_params(
 ) -> Result<Map<String, Value>, ClassifyError> {
     let mut params = Map::new();
     for (name, value) in captured {
-        params.insert(
-            name.to_string(),
-            typed(&value, ty_of(route, name, Loc::Path)),
-        );
+        let ty = ty_of(route, name, Loc::Path);
+        let value = match ty {
+            Ty::Int | Ty::Bool => typed(&value, ty),
+            _ => Value::String(value),
+        };
+        params.insert(name.to_string(), value);
     }
     for p in route.params.iter().filter(|p| p.loc == Loc::Query) {
         let values: Vec<&str> = req
@@ -214,7 +216,7 @@ fn route_params(
         && !req.body.is_empty()
     {
         let body = canonical::parse_json(req.body)?;
-        if let Value::Object(fields) = body {
+        if let Value::Object(mut fields) = body {
             // A Gmail message travels in `raw` (or a draft's `message.raw`); the message
             // params describe it, so the base64 text is not copied into params.
             let carries_message = route.action.starts_with("gmail.");
@@ -224,7 +226,7 @@ fn route_params(
                 .filter(|p| p.loc == Loc::Body)
                 .filter(|p| !(carries_message && matches!(p.name, "raw" | "message")))
             {
-                if let Some(v) = fields.get(p.name) {
+                if let Some(v) = fields.remove(p.name) {
                     // A body field named like a path parameter (a variable's new `name`, a
                     // draft's `id`) keeps its value under `body_<name>`.
                     let key = if params.contains_key(p.name) {
@@ -232,7 +234,7 @@ fn route_params(
                     } else {
                         p.name.to_string()
                     };
-                    params.insert(key, v.clone());
+                    params.insert(key, v);
                 }
             }
         }

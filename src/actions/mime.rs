@@ -32,8 +32,6 @@
 //!   `inline` must not hide a file from the policy. `size` is the decoded size (base64 or
 //!   quoted-printable removed); an undecodable base64 part is refused.
 
-use base64::Engine as _;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderValue};
 use serde_json::{Map, Value};
@@ -144,7 +142,7 @@ struct Line<'a> {
 
 fn line_at(data: &[u8], pos: usize) -> Line<'_> {
     let rest = data.get(pos..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', rest) {
         Some(i) => {
             let raw = rest.get(..i).unwrap_or_default();
             let (text, crlf) = match raw.strip_suffix(b"\r") {
@@ -843,14 +841,6 @@ fn transfer_encoding(fields: &[Field<'_>]) -> Result<TransferEncoding, ClassifyE
     }
 }
 
-/// MIME base64: any padding, whitespace ignored, other bytes refused.
-const MIME_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
-
 /// The size of a body once its transfer encoding is removed.
 fn decoded_len(body: &[u8], encoding: TransferEncoding) -> Result<usize, ClassifyError> {
     match encoding {
@@ -860,32 +850,50 @@ fn decoded_len(body: &[u8], encoding: TransferEncoding) -> Result<usize, Classif
     }
 }
 
-/// The decoded size of a MIME base64 body, decoded in fixed-size chunks (no copy of the body):
-/// every byte is checked exactly as a whole-body decode would, padding only at the very end.
+/// The decoded size of a MIME base64 body, computed in one pass without decoding: whitespace
+/// is skipped, every other byte must be in the base64 alphabet, `=` may only end the body (at
+/// most two), and a lone trailing character (which no encoder produces) is refused.
 fn base64_len(body: &[u8]) -> Result<usize, ClassifyError> {
-    const CHUNK: usize = 4096;
-    let mut chars = [0u8; CHUNK];
-    let mut out = [0u8; CHUNK / 4 * 3];
-    let mut input = body.iter().copied().filter(|b| !b" \t\r\n".contains(b));
-    let mut total = 0;
-    loop {
-        let mut filled = 0;
-        for b in input.by_ref().take(CHUNK) {
-            chars[filled] = b;
-            filled += 1;
-        }
-        let chunk = &chars[..filled];
-        if filled == CHUNK && chunk.last() == Some(&b'=') {
-            return Err(bad("a base64 body part has padding before its end"));
-        }
-        total += MIME_BASE64
-            .decode_slice(chunk, &mut out)
-            .map_err(|e| bad(format!("a base64 body part cannot be decoded: {e}")))?;
-        if filled < CHUNK {
-            return Ok(total);
-        }
+    let invalid = || bad("a base64 body part cannot be decoded: invalid byte, length or padding");
+    // Everything before the padding: alphabet and whitespace only.
+    let end = body
+        .iter()
+        .rposition(|b| !matches!(b, b'=' | b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    let (data, tail) = body.split_at(end);
+    // Branch-free over the bytes: count the alphabet, note anything foreign.
+    let mut chars = 0usize;
+    let mut foreign = false;
+    for &b in data {
+        let class = B64_CLASS[usize::from(b)];
+        chars += usize::from(class == 1);
+        foreign |= class == 2;
     }
+    if foreign {
+        return Err(invalid());
+    }
+    let padding = tail.iter().filter(|&&b| b == b'=').count();
+    if padding > 2 || chars % 4 == 1 {
+        return Err(invalid());
+    }
+    Ok(chars / 4 * 3 + (chars % 4).saturating_sub(1))
 }
+
+/// Byte classes for MIME base64: 0 whitespace, 1 alphabet, 2 anything else.
+const B64_CLASS: [u8; 256] = {
+    let mut t = [2u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'+' || c == b'/' {
+            t[b] = 1;
+        } else if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// The decoded size of a quoted-printable body (RFC 2045 6.7): `=XX` is one byte, a trailing `=`
 /// joins lines, trailing whitespace is dropped; an invalid escape counts as written.

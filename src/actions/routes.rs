@@ -110,6 +110,8 @@ fn shape(parts: &[Part]) -> String {
 pub struct Router {
     table: &'static [Route],
     root: Node,
+    /// Per route, the names of its parameters in template order.
+    names: Vec<Vec<&'static str>>,
 }
 
 /// Why a table could not be loaded (a generator bug, caught by tests).
@@ -121,9 +123,12 @@ impl Router {
     /// Builds the trie; two routes with the same method and segment shape are an error.
     pub fn new(table: &'static [Route]) -> Result<Router, TableError> {
         let mut root = Node::default();
+        let mut names = Vec::with_capacity(table.len());
         for (i, route) in table.iter().enumerate() {
+            let segs = segments(route.template)?;
+            names.push(param_names(&segs));
             let mut node = &mut root;
-            for seg in segments(route.template)? {
+            for seg in segs {
                 node = match seg {
                     Seg::Literal(l) => node.literal.entry(l.to_ascii_lowercase()).or_default(),
                     Seg::Param(_) => node.param.get_or_insert_with(Box::default),
@@ -149,7 +154,7 @@ impl Router {
             }
             node.routes.push((route.method, i));
         }
-        Ok(Router { table, root })
+        Ok(Router { table, root, names })
     }
 
     /// The table this router matches against.
@@ -166,24 +171,24 @@ impl Router {
             (method == "HEAD").then(|| walk(&self.root, &segs, 0, "GET", &mut raw))?
         })?;
         let route = &self.table[found];
-        let mut names = Vec::new();
-        for seg in segments(route.template).ok()? {
-            match seg {
-                Seg::Literal(_) => {}
-                Seg::Param(n) | Seg::Multi(n) => names.push(n),
-                Seg::Pattern(parts) => names.extend(parts.iter().filter_map(|p| match p {
-                    Part::Param(n) => Some(*n),
-                    Part::Text(_) => None,
-                })),
-            }
-        }
+        let names = self.names.get(found)?;
         if names.len() != raw.len() {
             return None;
         }
         let captured = names
-            .into_iter()
+            .iter()
+            .copied()
             .zip(raw)
-            .map(|(n, v)| (n, percent_decode(&v)))
+            .map(|(n, v)| {
+                (
+                    n,
+                    if v.contains('%') {
+                        percent_decode(&v)
+                    } else {
+                        v
+                    },
+                )
+            })
             .collect();
         Some((route, captured))
     }
@@ -272,6 +277,21 @@ fn match_pattern(parts: &[Part], seg: &str) -> Option<Vec<String>> {
         }
     }
     rest.is_empty().then_some(values)
+}
+
+fn param_names(segs: &[Seg]) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for seg in segs {
+        match seg {
+            Seg::Literal(_) => {}
+            Seg::Param(n) | Seg::Multi(n) => names.push(*n),
+            Seg::Pattern(parts) => names.extend(parts.iter().filter_map(|p| match p {
+                Part::Param(n) => Some(*n),
+                Part::Text(_) => None,
+            })),
+        }
+    }
+    names
 }
 
 fn segments(template: &'static str) -> Result<Vec<Seg>, TableError> {
