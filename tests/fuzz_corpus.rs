@@ -93,6 +93,16 @@ fn git_push_corpus() {
     replay("git_push", target("git_push"));
 }
 
+#[test]
+fn mime_corpus() {
+    replay("mime", target("mime"));
+}
+
+#[test]
+fn graphql_corpus() {
+    replay("graphql", target("graphql"));
+}
+
 /// Every target file has a corpus and a replay, and every corpus a target.
 #[test]
 fn every_target_has_a_corpus() {

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use agentgate::actions::catalog::Catalog;
 use agentgate::actions::host::{self, Authority};
-use agentgate::actions::{Request, canonical, git_smart_http};
+use agentgate::actions::{Request, canonical, git_smart_http, github_graphql, mime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("canonical", canonical),
     ("inspect", inspect),
     ("git_push", git_push),
+    ("mime", mime_message),
+    ("graphql", graphql),
 ];
 
 /// The GitHub Enterprise Server host the `inspect` target's catalog knows.
@@ -499,4 +501,76 @@ fn first_list_refnames(body: &[u8]) -> Vec<&str> {
         names.push(std::str::from_utf8(name).unwrap_or("<not utf-8>"));
     }
     names
+}
+
+/// `mime`: one RFC 5322 message through `mime::extract`. An accepted message's recipients are
+/// exactly its to, cc and bcc (de-duplicated), every address is lower-case, and `size` is the
+/// message length.
+pub fn mime_message(message: &[u8]) -> bool {
+    let Ok(params) = mime::extract(message) else {
+        return false;
+    };
+    let list = |k: &str| -> Vec<String> {
+        params[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut union: Vec<String> = Vec::new();
+    for k in ["to", "cc", "bcc"] {
+        for a in list(k) {
+            if !union.contains(&a) {
+                union.push(a);
+            }
+        }
+    }
+    assert_eq!(list("recipients"), union, "recipients are to + cc + bcc");
+    for a in list("recipients").iter().chain(list("from").iter()) {
+        assert_eq!(a, &a.to_lowercase(), "addresses are lower-cased");
+    }
+    assert_eq!(params["size"], Value::from(message.len()));
+    true
+}
+
+/// `graphql`: a GitHub GraphQL body. The first byte picks the form: even, a JSON body as-is;
+/// odd, a raw `application/graphql` document. An accepted body yields at least one action, all
+/// named `github.graphql.*` or (unparsed) `http.request`.
+pub fn graphql(data: &[u8]) -> bool {
+    let Some((&form, body)) = data.split_first() else {
+        return false;
+    };
+    let mut headers = HeaderMap::new();
+    let ct = if form % 2 == 0 {
+        "application/json"
+    } else {
+        "application/graphql"
+    };
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    let req = Request {
+        host: "api.github.com",
+        method: "POST",
+        path: "/graphql",
+        query: &[],
+        headers: &headers,
+        body,
+    };
+    let Ok(actions) = github_graphql::classify(&req) else {
+        return false;
+    };
+    assert!(
+        !actions.is_empty(),
+        "an accepted GraphQL body has an action"
+    );
+    for a in &actions {
+        assert!(
+            a.name.starts_with("github.graphql.") || a.name == "http.request",
+            "unexpected action {}",
+            a.name
+        );
+    }
+    true
 }
