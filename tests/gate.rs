@@ -890,8 +890,12 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-#[tokio::test]
-async fn slow_headers_and_idle_connections_are_closed() {
+/// A gate with the given header and idle timeouts, api.github.com behind it over TLS (443)
+/// and plain HTTP (80).
+async fn timeout_setup(
+    header: Duration,
+    idle: Duration,
+) -> (TestCa, FakeUpstream, FakeUpstream, TestGate) {
     let ca = TestCa::new("upstream");
     let up = FakeUpstream::tls(&ca, &["api.github.com"], H1).await;
     let plain = FakeUpstream::plain().await;
@@ -902,11 +906,18 @@ async fn slow_headers_and_idle_connections_are_closed() {
             ("api.github.com:80", plain.addr),
         ],
         |c| {
-            c.limits.header_read_timeout = Duration::from_millis(300);
-            c.limits.idle_timeout = Duration::from_millis(600);
+            c.limits.header_read_timeout = header;
+            c.limits.idle_timeout = idle;
         },
     )
     .await;
+    (ca, up, plain, gate)
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let (_ca, _up, _plain, gate) =
+        timeout_setup(Duration::from_millis(300), Duration::from_millis(600)).await;
     let limit = Duration::from_secs(4);
     // Slowloris on the proxy port: half a request line, then nothing.
     let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
@@ -977,21 +988,8 @@ async fn slow_headers_and_idle_connections_are_closed() {
 async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
     // The header timeout times request heads; a connection waiting for its next request is
     // governed by the idle timeout alone.
-    let ca = TestCa::new("upstream");
-    let up = FakeUpstream::tls(&ca, &["api.github.com"], H1).await;
-    let plain = FakeUpstream::plain().await;
-    let gate = TestGate::start(
-        &ca,
-        &[
-            ("api.github.com", up.addr),
-            ("api.github.com:80", plain.addr),
-        ],
-        |c| {
-            c.limits.header_read_timeout = Duration::from_millis(200);
-            c.limits.idle_timeout = Duration::from_secs(5);
-        },
-    )
-    .await;
+    let (_ca, up, plain, gate) =
+        timeout_setup(Duration::from_millis(200), Duration::from_secs(5)).await;
     let cfg = client_tls(gate.ca_der(), H1);
     let mut tls = tls_through(gate.addr(), "api.github.com:443", "api.github.com", cfg)
         .await
