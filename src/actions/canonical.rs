@@ -303,11 +303,15 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         let depth = self.deeper::<A::Error>()?;
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            match out.entry(key) {
+                serde_json::map::Entry::Occupied(e) => {
+                    let msg = format!("duplicate key {:?}", e.key());
+                    return Err(serde::de::Error::custom(msg));
+                }
+                serde_json::map::Entry::Vacant(e) => {
+                    e.insert(map.next_value_seed(StrictSeed(depth))?);
+                }
             }
-            let v = map.next_value_seed(StrictSeed(depth))?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }

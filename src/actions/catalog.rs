@@ -216,26 +216,26 @@ fn route_params(
         && !req.body.is_empty()
     {
         let body = canonical::parse_json(req.body)?;
-        if let Value::Object(mut fields) = body {
+        if let Value::Object(fields) = body {
             // A Gmail message travels in `raw` (or a draft's `message.raw`); the message
             // params describe it, so the base64 text is not copied into params.
             let carries_message = route.action.starts_with("gmail.");
-            for p in route
-                .params
-                .iter()
-                .filter(|p| p.loc == Loc::Body)
-                .filter(|p| !(carries_message && matches!(p.name, "raw" | "message")))
-            {
-                if let Some(v) = fields.remove(p.name) {
-                    // A body field named like a path parameter (a variable's new `name`, a
-                    // draft's `id`) keeps its value under `body_<name>`.
-                    let key = if params.contains_key(p.name) {
-                        format!("body_{}", p.name)
-                    } else {
-                        p.name.to_string()
-                    };
-                    params.insert(key, v);
+            for (name, v) in fields {
+                let described = route
+                    .params
+                    .iter()
+                    .any(|p| p.loc == Loc::Body && p.name == name);
+                if !described || (carries_message && matches!(name.as_str(), "raw" | "message")) {
+                    continue;
                 }
+                // A body field named like a path parameter (a variable's new `name`, a draft's
+                // `id`) keeps its value under `body_<name>`.
+                let key = if params.contains_key(&name) {
+                    format!("body_{name}")
+                } else {
+                    name
+                };
+                params.insert(key, v);
             }
         }
     }

@@ -165,10 +165,17 @@ impl Router {
     /// Finds the route for `method` and `path` (a canonical path without query); HEAD falls
     /// back to GET. Captured values are percent-decoded.
     pub fn find(&self, method: &str, path: &str) -> Option<(&'static Route, Captured)> {
-        let segs: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        // On the stack: the canonicaliser allows at most 64 segments; longer paths match nothing.
+        let mut buf = [""; 64];
+        let mut count = 0;
+        for seg in path.strip_prefix('/')?.split('/') {
+            *buf.get_mut(count)? = seg;
+            count += 1;
+        }
+        let segs = &buf[..count];
         let mut raw = Vec::new();
-        let found = walk(&self.root, &segs, 0, method, &mut raw).or_else(|| {
-            (method == "HEAD").then(|| walk(&self.root, &segs, 0, "GET", &mut raw))?
+        let found = walk(&self.root, segs, 0, method, &mut raw).or_else(|| {
+            (method == "HEAD").then(|| walk(&self.root, segs, 0, "GET", &mut raw))?
         })?;
         let route = &self.table[found];
         let names = self.names.get(found)?;
