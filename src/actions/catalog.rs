@@ -269,19 +269,17 @@ fn typed(value: &str, ty: Ty) -> Value {
 /// GitHub treats owners and repository names without case: `owner` is lower-cased and `repo`
 /// becomes the lower-case `owner/name` (design.md section 4, the `gh` convention).
 fn lower_repo(params: &mut Map<String, Value>) {
-    let owner = params
-        .get("owner")
-        .and_then(Value::as_str)
-        .map(str::to_ascii_lowercase);
-    let name = params
-        .get("repo")
-        .and_then(Value::as_str)
-        .map(str::to_ascii_lowercase);
-    if let Some(owner) = &owner {
-        params.insert("owner".into(), Value::String(owner.clone()));
-    }
-    if let (Some(owner), Some(name)) = (owner, name) {
-        params.insert("repo".into(), Value::String(format!("{owner}/{name}")));
+    let owner = match params.get_mut("owner") {
+        Some(Value::String(owner)) => {
+            owner.make_ascii_lowercase();
+            owner.clone()
+        }
+        _ => return,
+    };
+    if let Some(Value::String(repo)) = params.get_mut("repo") {
+        repo.make_ascii_lowercase();
+        repo.insert(0, '/');
+        repo.insert_str(0, &owner);
     }
 }
 
