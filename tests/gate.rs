@@ -1075,56 +1075,66 @@ async fn the_connection_limit_answers_503_and_frees_up() {
     assert_eq!(resp.status(), 200);
 }
 
+const RESUMABLE_SEND: &str =
+    "https://gmail.googleapis.com/resumable/upload/gmail/v1/users/me/messages/send";
+const RESUMABLE_MESSAGE: &[u8] =
+    b"From: a@acme.com\r\nTo: bob@example.com\r\nSubject: s\r\n\r\nbody\r\n";
+
+/// Starts a resumable `messages.send` of `RESUMABLE_MESSAGE` through the gate; returns the
+/// session URL the (fake) upstream handed out.
+async fn start_resumable(client: &reqwest::Client) -> String {
+    let resp = client
+        .post(format!("{RESUMABLE_SEND}?uploadType=resumable"))
+        .header("content-type", "application/json")
+        .header("x-upload-content-type", "message/rfc822")
+        .header(
+            "x-upload-content-length",
+            RESUMABLE_MESSAGE.len().to_string(),
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// PUTs `message[from..to]` to a session with its Content-Range; returns the status.
+async fn put_chunk(client: &reqwest::Client, session: &str, from: usize, to: usize) -> u16 {
+    let n = RESUMABLE_MESSAGE.len();
+    client
+        .put(session)
+        .header("content-range", format!("bytes {from}-{}/{n}", to - 1))
+        .body(RESUMABLE_MESSAGE[from..to].to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test]
 async fn gmail_resumable_uploads_are_tracked_chunk_by_chunk() {
     let ca = TestCa::new("upstream");
     let up = FakeUpstream::tls(&ca, &["gmail.googleapis.com"], H2_H1).await;
     let gate = TestGate::start(&ca, &[("gmail.googleapis.com", up.addr)], |_| {}).await;
     let client = gate.reqwest(true);
-    let base = "https://gmail.googleapis.com/resumable/upload/gmail/v1/users/me/messages/send";
-    let message = b"From: a@acme.com\r\nTo: bob@example.com\r\nSubject: s\r\n\r\nbody\r\n";
-    let n = message.len();
-
     // A chunk for a session the gate never saw start is refused.
-    let resp = client
-        .put(format!("{base}?uploadType=resumable&upload_id=FORGED"))
-        .body(message.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let forged = format!("{RESUMABLE_SEND}?uploadType=resumable&upload_id=FORGED");
+    assert_eq!(
+        put_chunk(&client, &forged, 0, RESUMABLE_MESSAGE.len()).await,
+        400
+    );
     assert!(up.requests().is_empty());
 
-    let resp = client
-        .post(format!("{base}?uploadType=resumable"))
-        .header("content-type", "application/json")
-        .header("x-upload-content-type", "message/rfc822")
-        .header("x-upload-content-length", n.to_string())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let session = resp.headers()["location"].to_str().unwrap().to_string();
+    let session = start_resumable(&client).await;
     assert!(session.ends_with("upload_id=SESSION-1"));
-
-    let first = client
-        .put(&session)
-        .header("content-range", format!("bytes 0-9/{n}"))
-        .body(message[..10].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 308);
+    assert_eq!(put_chunk(&client, &session, 0, 10).await, 308);
     // Out of order: refused, nothing forwarded.
-    let skip = client
-        .put(&session)
-        .header("content-range", format!("bytes 20-{}/{n}", n - 1))
-        .body(message[20..].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(skip.status(), 400);
+    assert_eq!(
+        put_chunk(&client, &session, 20, RESUMABLE_MESSAGE.len()).await,
+        400
+    );
     assert_eq!(up.requests().len(), 2, "start and the first chunk only");
 }
 
@@ -1134,43 +1144,18 @@ async fn gmail_resumable_upload_completes_through_the_gate() {
     let up = FakeUpstream::tls(&ca, &["gmail.googleapis.com"], H2_H1).await;
     let gate = TestGate::start(&ca, &[("gmail.googleapis.com", up.addr)], |_| {}).await;
     let client = gate.reqwest(false);
-    let base = "https://gmail.googleapis.com/resumable/upload/gmail/v1/users/me/messages/send";
-    let message = b"From: a@acme.com\r\nTo: bob@example.com\r\nSubject: s\r\n\r\nbody\r\n";
-    let n = message.len();
-    let resp = client
-        .post(format!("{base}?uploadType=resumable"))
-        .header("content-type", "application/json")
-        .header("x-upload-content-length", n.to_string())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let session = resp.headers()["location"].to_str().unwrap().to_string();
-    for (from, to) in [(0, 10), (10, n)] {
-        let resp = client
-            .put(&session)
-            .header("content-range", format!("bytes {from}-{}/{n}", to - 1))
-            .body(message[from..to].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), if to == n { 200 } else { 308 });
-    }
+    let n = RESUMABLE_MESSAGE.len();
+    let session = start_resumable(&client).await;
+    assert_eq!(put_chunk(&client, &session, 0, 10).await, 308);
+    assert_eq!(put_chunk(&client, &session, 10, n).await, 200);
     let bodies: Vec<u8> = up.requests()[1..]
         .iter()
         .flat_map(|r| r.body.clone())
         .collect();
     assert_eq!(
-        bodies, message,
+        bodies, RESUMABLE_MESSAGE,
         "the upstream got exactly the message the gate assembled"
     );
     // The session is complete: a replayed last chunk is refused.
-    let again = client
-        .put(&session)
-        .header("content-range", format!("bytes 10-{}/{n}", n - 1))
-        .body(message[10..].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 400);
+    assert_eq!(put_chunk(&client, &session, 10, n).await, 400);
 }
