@@ -212,6 +212,7 @@ fn route_params(
         }
     }
     if route.kind == Kind::Plain
+        && !gmail::reads_body(route)
         && route.params.iter().any(|p| p.loc == Loc::Body)
         && !req.body.is_empty()
     {

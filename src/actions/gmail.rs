@@ -107,6 +107,11 @@ fn bad(msg: impl Into<String>) -> ClassifyError {
 
 /// Adds the message params of a matched Gmail route to `params` (see the module docs); other
 /// actions are left as they are. Path params (`userId`, a draft's `id`) are never overwritten.
+/// Whether `message_params` reads this route's body (the catalog then leaves it alone).
+pub fn reads_body(route: &Route) -> bool {
+    TARGETS.iter().any(|t| t.action == route.action)
+}
+
 pub fn message_params(
     route: &Route,
     req: &Request<'_>,
@@ -127,9 +132,7 @@ pub fn message_params(
         Shape::ResumableStart => metadata_body(req, target.resource)?,
     };
     let found = read_message(target, shape, &carried)?;
-    if matches!(shape, Shape::Multipart | Shape::ResumableStart) {
-        metadata_params(route, &carried.metadata, params);
-    }
+    metadata_params(route, &carried.metadata, params);
     for (key, value) in found {
         let is_path = route
             .params
@@ -296,7 +299,7 @@ fn json_object(
 
 /// A plain JSON Message or Draft.
 fn json_body<'a>(req: &Request<'a>, resource: Resource) -> Result<Carried<'a>, ClassifyError> {
-    let body = json_object(header_one(req.headers, "content-type")?, req.body)?;
+    let mut body = json_object(header_one(req.headers, "content-type")?, req.body)?;
     let message = match resource {
         Resource::Message => message_raw(&body)?,
         Resource::Draft => match body.get("message") {
@@ -305,10 +308,16 @@ fn json_body<'a>(req: &Request<'a>, resource: Resource) -> Result<Carried<'a>, C
             Some(_) => return Err(bad("the draft's message is not an object")),
         },
     };
+    let draft_id = draft_id(&body, resource)?;
+    // The rest of the body lends its described fields to the params (the catalog leaves the
+    // body of these routes to this module, so it is parsed once); the message itself is
+    // described by the message params, not copied.
+    body.remove("raw");
+    body.remove("message");
     Ok(Carried {
         message: message.map(Cow::Owned),
-        draft_id: draft_id(&body, resource)?,
-        metadata: Map::new(),
+        draft_id,
+        metadata: body,
     })
 }
 
