@@ -165,17 +165,24 @@ impl Router {
     /// Finds the route for `method` and `path` (a canonical path without query); HEAD falls
     /// back to GET. Captured values are percent-decoded.
     pub fn find(&self, method: &str, path: &str) -> Option<(&'static Route, Captured)> {
-        // On the stack: the canonicaliser allows at most 64 segments; longer paths match nothing.
-        let mut buf = [""; 64];
+        // Segment byte ranges, on the stack: the canonicaliser allows at most 64 segments;
+        // longer paths match nothing. Captures are ranges of `path` until a route is found.
+        let rest = path.strip_prefix('/')?;
+        let mut buf = [(0usize, 0usize); 64];
         let mut count = 0;
-        for seg in path.strip_prefix('/')?.split('/') {
-            *buf.get_mut(count)? = seg;
+        let mut start = 1;
+        for seg in rest.split('/') {
+            *buf.get_mut(count)? = (start, start + seg.len());
             count += 1;
+            start += seg.len() + 1;
         }
-        let segs = &buf[..count];
+        let path = Path {
+            text: path,
+            segs: &buf[..count],
+        };
         let mut raw = Vec::new();
-        let found = walk(&self.root, segs, 0, method, &mut raw).or_else(|| {
-            (method == "HEAD").then(|| walk(&self.root, segs, 0, "GET", &mut raw))?
+        let found = walk(&self.root, &path, 0, method, &mut raw).or_else(|| {
+            (method == "HEAD").then(|| walk(&self.root, &path, 0, "GET", &mut raw))?
         })?;
         let route = &self.table[found];
         let names = self.names.get(found)?;
@@ -184,75 +191,86 @@ impl Router {
         }
         let captured = names
             .iter()
-            .copied()
             .zip(raw)
-            .map(|(n, v)| {
-                (
-                    n,
-                    if v.contains('%') {
-                        percent_decode(&v)
-                    } else {
-                        v
-                    },
-                )
+            .map(|(n, (from, to))| {
+                let v = path.text.get(from..to).unwrap_or_default();
+                let v = if v.contains('%') {
+                    percent_decode(v)
+                } else {
+                    v.to_string()
+                };
+                (*n, v)
             })
             .collect();
         Some((route, captured))
     }
 }
 
-/// Depth-first match; `raw` collects the (still encoded) parameter values on the way.
+/// A request path split into segments (byte ranges of `text`).
+struct Path<'a> {
+    text: &'a str,
+    segs: &'a [(usize, usize)],
+}
+
+impl Path<'_> {
+    fn seg(&self, at: usize) -> &str {
+        let (from, to) = self.segs[at];
+        self.text.get(from..to).unwrap_or_default()
+    }
+}
+
+/// Depth-first match; `raw` collects the byte ranges of parameter values on the way.
 fn walk(
     node: &Node,
-    segs: &[&str],
+    path: &Path<'_>,
     at: usize,
     method: &str,
-    raw: &mut Vec<String>,
+    raw: &mut Vec<(usize, usize)>,
 ) -> Option<usize> {
-    if at == segs.len() {
+    if at == path.segs.len() {
         return node
             .routes
             .iter()
             .find(|(m, _)| *m == method)
             .map(|(_, i)| *i);
     }
-    let seg = segs[at];
+    let seg = path.seg(at);
     let folded = if seg.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(seg.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(seg)
     };
     if let Some(next) = node.literal.get(folded.as_ref()) {
-        if let Some(i) = walk(next, segs, at + 1, method, raw) {
+        if let Some(i) = walk(next, path, at + 1, method, raw) {
             return Some(i);
         }
     }
+    let (seg_start, seg_end) = path.segs[at];
     for (_, parts, next) in &node.patterns {
-        if let Some(values) = match_pattern(parts, seg) {
-            let mark = raw.len();
-            raw.extend(values);
-            if let Some(i) = walk(next, segs, at + 1, method, raw) {
+        let mark = raw.len();
+        if match_pattern(parts, seg, seg_start, raw) {
+            if let Some(i) = walk(next, path, at + 1, method, raw) {
                 return Some(i);
             }
-            raw.truncate(mark);
         }
+        raw.truncate(mark);
     }
     if let Some(next) = &node.param {
         if !seg.is_empty() {
-            raw.push(seg.to_string());
-            if let Some(i) = walk(next, segs, at + 1, method, raw) {
+            raw.push((seg_start, seg_end));
+            if let Some(i) = walk(next, path, at + 1, method, raw) {
                 return Some(i);
             }
             raw.pop();
         }
     }
     if let Some(next) = &node.multi {
-        for end in at + 1..=segs.len() {
-            if segs[end - 1].is_empty() {
+        for end in at + 1..=path.segs.len() {
+            if path.seg(end - 1).is_empty() {
                 break;
             }
-            raw.push(segs[at..end].join("/"));
-            if let Some(i) = walk(next, segs, end, method, raw) {
+            raw.push((seg_start, path.segs[end - 1].1));
+            if let Some(i) = walk(next, path, end, method, raw) {
                 return Some(i);
             }
             raw.pop();
@@ -261,29 +279,38 @@ fn walk(
     None
 }
 
-/// Matches one segment against a pattern; each parameter takes a non-empty run up to the
-/// first occurrence of the text after it.
-fn match_pattern(parts: &[Part], seg: &str) -> Option<Vec<String>> {
-    let mut rest = seg;
-    let mut values = Vec::new();
+/// Matches one segment (starting at byte `offset` of the path) against a pattern, pushing the
+/// ranges of its parameters; each parameter takes a non-empty run up to the first occurrence
+/// of the text after it.
+fn match_pattern(parts: &[Part], seg: &str, offset: usize, raw: &mut Vec<(usize, usize)>) -> bool {
+    let mut pos = 0;
     for (i, part) in parts.iter().enumerate() {
+        let rest = seg.get(pos..).unwrap_or_default();
         match part {
-            Part::Text(t) => rest = rest.strip_prefix(t)?,
+            Part::Text(t) => {
+                if !rest.starts_with(t) {
+                    return false;
+                }
+                pos += t.len();
+            }
             Part::Param(_) => {
                 let end = match parts.get(i + 1) {
-                    Some(Part::Text(t)) => rest.find(t)?,
-                    Some(Part::Param(_)) => return None,
+                    Some(Part::Text(t)) => match rest.find(t) {
+                        Some(e) => e,
+                        None => return false,
+                    },
+                    Some(Part::Param(_)) => return false,
                     None => rest.len(),
                 };
                 if end == 0 {
-                    return None;
+                    return false;
                 }
-                values.push(rest[..end].to_string());
-                rest = &rest[end..];
+                raw.push((offset + pos, offset + pos + end));
+                pos += end;
             }
         }
     }
-    rest.is_empty().then_some(values)
+    pos == seg.len()
 }
 
 fn param_names(segs: &[Seg]) -> Vec<&'static str> {
