@@ -364,6 +364,77 @@ fn method_override_changes_the_action_or_is_refused() {
 }
 
 #[test]
+fn octokit_encoded_slashes_in_multi_segment_params() {
+    // @octokit/endpoint writes `/` inside path parameters as %2F (captured from
+    // `endpoint("GET /repos/{owner}/{repo}/contents/{path}", ...)` and friends).
+    let (name, p) = one(
+        "api.github.com",
+        "GET",
+        "/repos/Acme/API/contents/src%2Fmain.rs",
+        OCTOKIT,
+        b"",
+    );
+    assert_eq!(
+        (name.as_str(), p["path"].as_str()),
+        ("github.repos.get-content", Some("src/main.rs"))
+    );
+    let (name, p) = one(
+        "api.github.com",
+        "PATCH",
+        "/repos/acme/api/git/refs/heads%2Ffeature%2Fx",
+        OCTOKIT,
+        br#"{"sha":"abc","force":true}"#,
+    );
+    assert_eq!(
+        (name.as_str(), p["ref"].as_str()),
+        ("github.git.update-ref", Some("heads/feature/x"))
+    );
+    let (name, p) = one(
+        "api.github.com",
+        "DELETE",
+        "/repos/acme/api/branches/release%2Fv1/protection",
+        OCTOKIT,
+        b"",
+    );
+    assert_eq!(
+        (name.as_str(), p["branch"].as_str()),
+        ("github.repos.delete-branch-protection", Some("release/v1"))
+    );
+    // The same request with a plain slash is the same action with the same params.
+    let (name2, p2) = one(
+        "api.github.com",
+        "DELETE",
+        "/repos/acme/api/branches/release/v1/protection",
+        OCTOKIT,
+        b"",
+    );
+    assert_eq!((name2, p2["branch"].clone()), (name, p["branch"].clone()));
+    // Anywhere else an encoded slash is refused.
+    refused(
+        "api.github.com",
+        "DELETE",
+        "/repos/acme%2Fapi",
+        OCTOKIT,
+        b"",
+    );
+    refused(
+        "api.github.com",
+        "GET",
+        "/repos/acme/api/pulls%2F1",
+        OCTOKIT,
+        b"",
+    );
+    refused("api.github.com", "GET", "/no%2Fsuch", OCTOKIT, b"");
+    refused(
+        "api.github.com",
+        "GET",
+        "/repos/acme/api/contents/a%2F..%2Fb",
+        OCTOKIT,
+        b"",
+    );
+}
+
+#[test]
 fn letter_case_cannot_hide_an_action() {
     let (name, p) = one("api.github.com", "DELETE", "/REPOS/Acme/API", OCTOKIT, b"");
     assert_eq!(
@@ -385,6 +456,7 @@ fn path_tricks_are_refused() {
         "/repos/acme/api/",
         "/repos/acme%2fapi",
         "/repos/acme%2Fapi/x",
+        "/repos/acme/api/contents/a%2F%2Fb",
         "/repos/acme%5capi",
         "/repos/acme/api;jsessionid=1",
         "/repos/acme/api%00",

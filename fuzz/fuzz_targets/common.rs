@@ -204,8 +204,17 @@ fn check_good_path(path: &str) {
     assert!(path.bytes().all(|b| (0x20..0x7f).contains(&b)), "{path:?}");
     assert!(!path.contains('\\') && !path.contains(';'), "{path:?}");
     let lower = path.to_ascii_lowercase();
-    for encoded in ["%2f", "%5c", "%00", "%2e"] {
+    for encoded in ["%5c", "%00", "%2e"] {
         assert!(!lower.contains(encoded), "{path:?}");
+    }
+    // An encoded slash (Octokit's form of `/` inside a parameter) never hides an empty or a
+    // dot segment: with it decoded, the path is still clean.
+    let slashed = lower.replace("%2f", "/");
+    for piece in slashed[1..].split('/') {
+        assert!(
+            !piece.is_empty() && piece != "." && piece != "..",
+            "{path:?}"
+        );
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
     assert!(segments.len() <= 64, "{path:?}");

@@ -58,6 +58,18 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
     if seg == "." || seg == ".." {
         return Err(bad("the path has a dot segment"));
     }
+    if has_encoded_slash(seg) {
+        // Octokit writes a `/` inside a parameter (a file path, a ref, a branch) as `%2F`.
+        // That is accepted only where the pieces are themselves clean segments; the router
+        // then lets such a segment stand only for a multi-segment parameter.
+        for piece in split_encoded_slash(seg) {
+            if piece.is_empty() || piece == "." || piece == ".." {
+                return Err(bad(
+                    "an encoded slash in the path makes an empty or dot segment",
+                ));
+            }
+        }
+    }
     let b = seg.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -70,8 +82,8 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
                     _ => return Err(bad("the path has an invalid percent escape")),
                 };
                 let byte = hexval(h) * 16 + hexval(l);
-                if byte == b'/' || byte == b'\\' {
-                    return Err(bad("the path has an encoded slash or backslash"));
+                if byte == b'\\' {
+                    return Err(bad("the path has an encoded backslash"));
                 }
                 if byte < 0x20 || byte == 0x7f {
                     return Err(bad("the path has an encoded control character or NUL"));
@@ -94,6 +106,17 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
     // Encoded dots were refused above (percent-encoded unreserved characters), so a segment
     // with no '%' is already known not to decode to a dot segment.
     Ok(())
+}
+
+/// Whether a segment holds a percent-encoded `/`.
+pub fn has_encoded_slash(seg: &str) -> bool {
+    seg.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
+}
+
+fn split_encoded_slash(seg: &str) -> impl Iterator<Item = &str> {
+    seg.split("%2F").flat_map(|p| p.split("%2f"))
 }
 
 fn hexval(c: u8) -> u8 {
@@ -341,6 +364,8 @@ mod tests {
             "/repos/o/r/contents/a%20b.txt",
             "/x/%E2%9C%93",
             "/a:b@c",
+            "/repos/o/r/contents/src%2Fmain.rs",
+            "/repos/o/r/git/refs/heads%2ffeature%2Fx",
         ] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
@@ -353,8 +378,10 @@ mod tests {
             "/repos/../o",
             "/repos/%2e%2e/o",
             "/repos/%2E/o",
-            "/repos/o%2fr",
-            "/repos/o%2Fr",
+            "/repos/o%2F..%2Fr",
+            "/repos/o%2F%2Fr",
+            "/repos/%2Fr",
+            "/repos/o%2F.",
             "/repos/o%5cr",
             "/repos/o\\r",
             "/repos/o;x=1/r",

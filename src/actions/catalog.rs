@@ -80,6 +80,14 @@ impl Catalog {
             body: decoded_body.as_deref().unwrap_or(body),
         };
         let mut actions = self.classify(&req, limit)?;
+        if path.split('/').any(canonical::has_encoded_slash)
+            && actions.iter().any(|a| a.name == "http.request")
+        {
+            return Err(ClassifyError::Malformed(
+                "an encoded slash is accepted only inside a multi-segment parameter of a described route"
+                    .into(),
+            ));
+        }
         for a in &mut actions {
             add_common(a, &req);
         }

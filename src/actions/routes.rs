@@ -246,7 +246,9 @@ fn walk(
         }
     }
     let (seg_start, seg_end) = path.segs[at];
-    for (_, parts, next) in &node.patterns {
+    // A segment with an encoded `/` stands only for a multi-segment parameter.
+    let one_segment = !super::canonical::has_encoded_slash(seg);
+    for (_, parts, next) in node.patterns.iter().filter(|_| one_segment) {
         let mark = raw.len();
         if match_pattern(parts, seg, seg_start, raw) {
             if let Some(i) = walk(next, path, at + 1, method, raw) {
@@ -256,7 +258,7 @@ fn walk(
         raw.truncate(mark);
     }
     if let Some(next) = &node.param {
-        if !seg.is_empty() {
+        if !seg.is_empty() && one_segment {
             raw.push((seg_start, seg_end));
             if let Some(i) = walk(next, path, at + 1, method, raw) {
                 return Some(i);
