@@ -110,9 +110,10 @@ fn check_segment(seg: &str) -> Result<(), ClassifyError> {
 
 /// Whether a segment holds a percent-encoded `/`.
 pub fn has_encoded_slash(seg: &str) -> bool {
-    seg.as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
+    let b = seg.as_bytes();
+    memchr::memchr(b'%', b).is_some()
+        && b.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
 }
 
 fn split_encoded_slash(seg: &str) -> impl Iterator<Item = &str> {

@@ -80,7 +80,8 @@ impl Catalog {
             body: decoded_body.as_deref().unwrap_or(body),
         };
         let mut actions = self.classify(&req, limit)?;
-        if path.split('/').any(canonical::has_encoded_slash)
+        if path.contains('%')
+            && path.split('/').any(canonical::has_encoded_slash)
             && actions.iter().any(|a| a.name == "http.request")
         {
             return Err(ClassifyError::Malformed(
