@@ -222,6 +222,18 @@ async fn ca_init_and_show() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ca-key.pem"));
 }
 
+/// Runs `agentgate run --config CONFIG`, expects exit status 1, returns its stderr.
+async fn run_fails(config: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn run_refuses_a_ca_key_others_can_read() {
     let dir = TempDir::new("perm");
@@ -231,14 +243,7 @@ async fn run_refuses_a_ca_key_others_can_read() {
     agentgate::tls::ca::create(&certs).unwrap();
     let key = certs.join("ca-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&config).await;
     assert!(
         err.contains("readable by group or others") && err.contains("chmod 600"),
         "{err}"
@@ -250,14 +255,7 @@ async fn a_bad_config_is_a_clear_error() {
     let dir = TempDir::new("badcfg");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[proxy]\nlisten = \"nowhere\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&path).await;
     assert!(
         err.contains("proxy.listen") && err.contains("bad.toml"),
         "{err}"

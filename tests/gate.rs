@@ -984,6 +984,24 @@ async fn slow_headers_and_idle_connections_are_closed() {
     );
 }
 
+/// Sends one raw request on a kept-alive connection and reads its 200 response and `body`.
+async fn get_ok<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &str,
+    body: &str,
+) {
+    tokio::io::AsyncWriteExt::write_all(s, req.as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{req:?}: {head}");
+    let mut got = vec![0u8; body.len()];
+    tokio::io::AsyncReadExt::read_exact(s, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(got, body.as_bytes());
+}
+
 #[tokio::test]
 async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
     // The header timeout times request heads; a connection waiting for its next request is
@@ -997,32 +1015,10 @@ async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
     let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
     for i in 0..3 {
         let req = format!("GET /k{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut tls, req.as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut tls).await;
-        assert!(
-            head.starts_with("HTTP/1.1 200"),
-            "request {i} in tunnel: {head}"
-        );
-        let mut body = vec![0u8; format!("ok GET /k{i}").len()];
-        tokio::io::AsyncReadExt::read_exact(&mut tls, &mut body)
-            .await
-            .unwrap();
+        get_ok(&mut tls, &req, &format!("ok GET /k{i}")).await;
         let req =
             format!("GET http://api.github.com/p{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut s).await;
-        assert!(
-            head.starts_with("HTTP/1.1 200"),
-            "request {i} on proxy port: {head}"
-        );
-        let mut body = vec![0u8; format!("ok GET /p{i}").len()];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut body)
-            .await
-            .unwrap();
+        get_ok(&mut s, &req, &format!("ok GET /p{i}")).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert_eq!(up.requests().len(), 3);
