@@ -7,7 +7,9 @@
 //! call (200,000 calls after 20,000 of warm-up; 20,000 after 2,000 for the Gmail send), and
 //! prints the per-call p50, p90 and p99.
 //!
-//! Run: `cargo bench --bench classify`
+//! Run: `cargo bench --bench classify`. One case only: `cargo bench --bench classify --
+//! rest_issue_create` (criterion's filter, which the per-call pass also applies).
+//! Instruction counts: `valgrind --tool=callgrind <bench binary> --calls N rest_issue_create`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -299,6 +301,27 @@ fn median_us(out: &Path, func: &str) -> Option<f64> {
     Some(v["median"]["point_estimate"].as_f64()? / 1000.0)
 }
 
+/// The name filter given to criterion (its first positional argument), if any: the per-call
+/// pass then times only the cases it selects.
+fn name_filter() -> Option<String> {
+    const WITH_VALUE: [&str; 9] = [
+        "--profile-time",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--measurement-time",
+        "--warm-up-time",
+        "--sample-size",
+        "--output-format",
+        "--color",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter().enumerate().find_map(|(i, a)| {
+        let after_option = i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
+        (!a.starts_with('-') && !after_option).then(|| a.clone())
+    })
+}
+
 /// Per-call latency percentiles (p50, p90, p99) in microseconds.
 fn per_call(case: &Case, catalog: &Catalog, calls: usize) -> [f64; 3] {
     for _ in 0..calls / 10 {
@@ -316,11 +339,34 @@ fn per_call(case: &Case, catalog: &Catalog, calls: usize) -> [f64; 3] {
     [at(0.50), at(0.90), at(0.99)]
 }
 
+/// `--calls N CASE`: N calls of one case and nothing else (no criterion, no clock), for an
+/// instruction count under `valgrind --tool=callgrind`. Two runs with different N give the
+/// cost of one call as the difference over the difference in N.
+fn calls_only(catalog: &Catalog, cases: &[Case]) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == "--calls") else {
+        return false;
+    };
+    let n: usize = args[at + 1].parse().expect("--calls N CASE");
+    let name = &args[at + 2];
+    let case = cases
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no case {name}"));
+    for _ in 0..n {
+        drop(black_box(case.run(catalog)));
+    }
+    true
+}
+
 fn main() {
     let catalog = Catalog::builtin(BTreeSet::new()).unwrap();
     let cases = cases();
     for case in &cases {
         check(case, &case.run(&catalog));
+    }
+    if calls_only(&catalog, &cases) {
+        return;
     }
 
     let out = output_dir();
@@ -370,7 +416,11 @@ fn main() {
     }
     println!();
     println!("== Catalog::inspect: criterion median, and per-call p50 / p90 / p99 (us) ==");
-    for case in &cases {
+    let filter = name_filter();
+    for case in cases
+        .iter()
+        .filter(|c| filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())))
+    {
         let calls = if case.body.len() > 10_000 {
             20_000
         } else {
