@@ -7,7 +7,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::routes::{Kind, Loc, Route, Router, TableError, Ty};
+use super::routes::{Kind, Loc, Match, Route, Router, TableError, Ty};
 use super::{
     Action, ClassifyError, Request, canonical, git_smart_http, github_graphql, gmail, gmail_batch,
 };
@@ -131,22 +131,22 @@ impl Catalog {
     }
 
     fn github_api(&self, req: &Request<'_>, path: &str) -> Result<Action, ClassifyError> {
-        match self.github.find(req.method, path) {
-            Some((route, captured)) => {
-                let mut params = route_params(route, captured, req)?;
+        match self.github.matched(req.method, path) {
+            Some(found) => {
+                let mut params = route_params(&found, path, req)?;
                 lower_repo(&mut params);
-                Ok(Action::new(route.action, params))
+                Ok(Action::new(found.route.action, params))
             }
             None => Ok(Action::unmapped()),
         }
     }
 
     fn google(&self, req: &Request<'_>) -> Result<Action, ClassifyError> {
-        match self.gmail.find(req.method, req.path) {
-            Some((route, captured)) => {
-                let mut params = route_params(route, captured, req)?;
-                gmail::message_params(route, req, &mut params)?;
-                Ok(Action::new(route.action, params))
+        match self.gmail.matched(req.method, req.path) {
+            Some(found) => {
+                let mut params = route_params(&found, req.path, req)?;
+                gmail::message_params(found.route, req, &mut params)?;
+                Ok(Action::new(found.route.action, params))
             }
             None => Ok(Action::unmapped()),
         }
@@ -181,18 +181,20 @@ impl Catalog {
     }
 }
 
-/// Path, query and JSON-body params of a matched route, typed from the description.
+/// Path, query and JSON-body params of a matched route (`path` is the path it matched),
+/// typed from the description.
 fn route_params(
-    route: &Route,
-    captured: Vec<(&'static str, String)>,
+    found: &Match<'_>,
+    path: &str,
     req: &Request<'_>,
 ) -> Result<Map<String, Value>, ClassifyError> {
+    let route = found.route;
     let mut params = Map::new();
-    for (name, value) in captured {
+    for (name, value) in found.captures(path) {
         let ty = ty_of(route, name, Loc::Path);
         let value = match ty {
             Ty::Int | Ty::Bool => typed(&value, ty),
-            _ => Value::String(value),
+            _ => Value::String(value.into_owned()),
         };
         params.insert(name.to_string(), value);
     }
@@ -279,17 +281,29 @@ fn typed(value: &str, ty: Ty) -> Value {
 /// GitHub treats owners and repository names without case: `owner` is lower-cased and `repo`
 /// becomes the lower-case `owner/name` (design.md section 4, the `gh` convention).
 fn lower_repo(params: &mut Map<String, Value>) {
-    let owner = match params.get_mut("owner") {
-        Some(Value::String(owner)) => {
-            owner.make_ascii_lowercase();
-            owner.clone()
+    // One walk over the (key-ordered) map holds both values at once; "owner" < "repo".
+    let mut owner: Option<&mut String> = None;
+    for (key, value) in params.iter_mut() {
+        match (key.as_str(), value) {
+            ("owner", Value::String(o)) => {
+                o.make_ascii_lowercase();
+                owner = Some(o);
+            }
+            ("owner", _) => return,
+            ("repo", Value::String(repo)) => {
+                if let Some(owner) = owner {
+                    let mut full = String::with_capacity(owner.len() + 1 + repo.len());
+                    full.push_str(owner);
+                    full.push('/');
+                    full.push_str(repo);
+                    full.make_ascii_lowercase();
+                    *repo = full;
+                }
+                return;
+            }
+            (k, _) if k > "repo" => return,
+            _ => {}
         }
-        _ => return,
-    };
-    if let Some(Value::String(repo)) = params.get_mut("repo") {
-        repo.make_ascii_lowercase();
-        repo.insert(0, '/');
-        repo.insert_str(0, &owner);
     }
 }
 
@@ -302,4 +316,50 @@ fn add_common(action: &mut Action, req: &Request<'_>) {
     action.host = req.host.to_string();
     action.method = req.method.to_string();
     action.path = req.path.to_string();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `lower_repo` as first written (two lookups and a clone), the reference for the
+    /// one-walk version.
+    fn lower_repo_reference(params: &mut Map<String, Value>) {
+        let owner = match params.get_mut("owner") {
+            Some(Value::String(owner)) => {
+                owner.make_ascii_lowercase();
+                owner.clone()
+            }
+            _ => return,
+        };
+        if let Some(Value::String(repo)) = params.get_mut("repo") {
+            repo.make_ascii_lowercase();
+            repo.insert(0, '/');
+            repo.insert_str(0, &owner);
+        }
+    }
+
+    #[test]
+    fn lower_repo_matches_the_reference() {
+        for v in [
+            json!({"owner": "Acme", "repo": "API", "title": "X"}),
+            json!({"owner": "Acme", "title": "X"}),
+            json!({"repo": "API", "title": "X"}),
+            json!({"owner": 5, "repo": "API"}),
+            json!({"owner": "Acme", "repo": 5}),
+            json!({"a": "B", "owner": "ÄcMe", "path": "P", "repo": "Ré", "z": "Z"}),
+            json!({}),
+        ] {
+            let Value::Object(mut got) = v.clone() else {
+                unreachable!()
+            };
+            let Value::Object(mut want) = v else {
+                unreachable!()
+            };
+            lower_repo(&mut got);
+            lower_repo_reference(&mut want);
+            assert_eq!(got, want);
+        }
+    }
 }

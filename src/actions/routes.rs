@@ -9,6 +9,7 @@
 //! parameter taking as few segments as it can: so `/repos/o/r/branches/a/b/protection` is the
 //! protection of branch `a/b`, and `/keypairs/k1:disable` is the `:disable` method of `k1`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Where a parameter travels.
@@ -126,7 +127,14 @@ impl Router {
         let mut names = Vec::with_capacity(table.len());
         for (i, route) in table.iter().enumerate() {
             let segs = segments(route.template)?;
-            names.push(param_names(&segs));
+            let route_names = param_names(&segs);
+            if route_names.len() > MAX_CAPTURES {
+                return Err(TableError(format!(
+                    "{}: more than {MAX_CAPTURES} parameters",
+                    route.template
+                )));
+            }
+            names.push(route_names);
             let mut node = &mut root;
             for seg in segs {
                 node = match seg {
@@ -165,8 +173,19 @@ impl Router {
     /// Finds the route for `method` and `path` (a canonical path without query); HEAD falls
     /// back to GET. Captured values are percent-decoded.
     pub fn find(&self, method: &str, path: &str) -> Option<(&'static Route, Captured)> {
+        let found = self.matched(method, path)?;
+        let captured = found
+            .captures(path)
+            .map(|(n, v)| (n, v.into_owned()))
+            .collect();
+        Some((found.route, captured))
+    }
+
+    /// Like [`Router::find`], without allocating: the parameter values stay byte ranges of
+    /// `path` until [`Match::captures`] decodes them.
+    pub fn matched(&self, method: &str, path: &str) -> Option<Match<'_>> {
         // Segment byte ranges, on the stack: the canonicaliser allows at most 64 segments;
-        // longer paths match nothing. Captures are ranges of `path` until a route is found.
+        // longer paths match nothing.
         let rest = path.strip_prefix('/')?;
         let mut buf = [(0usize, 0usize); 64];
         let mut count = 0;
@@ -180,29 +199,85 @@ impl Router {
             text: path,
             segs: &buf[..count],
         };
-        let mut raw = Vec::new();
+        let mut raw = Ranges::default();
         let found = walk(&self.root, &path, 0, method, &mut raw).or_else(|| {
             (method == "HEAD").then(|| walk(&self.root, &path, 0, "GET", &mut raw))?
         })?;
-        let route = &self.table[found];
+        let route = self.table.get(found)?;
         let names = self.names.get(found)?;
-        if names.len() != raw.len() {
+        if names.len() != raw.len {
             return None;
         }
-        let captured = names
-            .iter()
-            .zip(raw)
-            .map(|(n, (from, to))| {
-                let v = path.text.get(from..to).unwrap_or_default();
-                let v = if v.contains('%') {
-                    percent_decode(v)
-                } else {
-                    v.to_string()
-                };
-                (*n, v)
-            })
-            .collect();
-        Some((route, captured))
+        Some(Match {
+            route,
+            names,
+            ranges: raw,
+        })
+    }
+}
+
+/// Most parameters one route may have (checked when a table loads).
+const MAX_CAPTURES: usize = 16;
+
+/// Byte ranges of captured parameter values, on the stack.
+#[derive(Debug, Clone, Copy)]
+struct Ranges {
+    buf: [(usize, usize); MAX_CAPTURES],
+    len: usize,
+}
+
+impl Default for Ranges {
+    fn default() -> Ranges {
+        Ranges {
+            buf: [(0, 0); MAX_CAPTURES],
+            len: 0,
+        }
+    }
+}
+
+impl Ranges {
+    /// Adds a range; false when full (no route has that many parameters).
+    fn push(&mut self, range: (usize, usize)) -> bool {
+        match self.buf.get_mut(self.len) {
+            Some(slot) => {
+                *slot = range;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// A matched route and where its parameter values are in the path.
+#[derive(Debug)]
+pub struct Match<'r> {
+    pub route: &'static Route,
+    names: &'r [&'static str],
+    ranges: Ranges,
+}
+
+impl Match<'_> {
+    /// The path parameters in template order, percent-decoded (borrowed from `path`, the
+    /// path given to [`Router::matched`], when there is nothing to decode).
+    pub fn captures<'p>(
+        &self,
+        path: &'p str,
+    ) -> impl Iterator<Item = (&'static str, Cow<'p, str>)> + use<'_, 'p> {
+        let ranges = self.ranges.buf.get(..self.ranges.len).unwrap_or_default();
+        self.names.iter().zip(ranges).map(move |(n, &(from, to))| {
+            let v = path.get(from..to).unwrap_or_default();
+            let v = if v.contains('%') {
+                Cow::Owned(percent_decode(v))
+            } else {
+                Cow::Borrowed(v)
+            };
+            (*n, v)
+        })
     }
 }
 
@@ -220,13 +295,7 @@ impl Path<'_> {
 }
 
 /// Depth-first match; `raw` collects the byte ranges of parameter values on the way.
-fn walk(
-    node: &Node,
-    path: &Path<'_>,
-    at: usize,
-    method: &str,
-    raw: &mut Vec<(usize, usize)>,
-) -> Option<usize> {
+fn walk(node: &Node, path: &Path<'_>, at: usize, method: &str, raw: &mut Ranges) -> Option<usize> {
     if at == path.segs.len() {
         return node
             .routes
@@ -249,7 +318,7 @@ fn walk(
     // A segment with an encoded `/` stands only for a multi-segment parameter.
     let one_segment = !super::canonical::has_encoded_slash(seg);
     for (_, parts, next) in node.patterns.iter().filter(|_| one_segment) {
-        let mark = raw.len();
+        let mark = raw.len;
         if match_pattern(parts, seg, seg_start, raw) {
             if let Some(i) = walk(next, path, at + 1, method, raw) {
                 return Some(i);
@@ -258,12 +327,11 @@ fn walk(
         raw.truncate(mark);
     }
     if let Some(next) = &node.param {
-        if !seg.is_empty() && one_segment {
-            raw.push((seg_start, seg_end));
+        if !seg.is_empty() && one_segment && raw.push((seg_start, seg_end)) {
             if let Some(i) = walk(next, path, at + 1, method, raw) {
                 return Some(i);
             }
-            raw.pop();
+            raw.len -= 1;
         }
     }
     if let Some(next) = &node.multi {
@@ -271,11 +339,13 @@ fn walk(
             if path.seg(end - 1).is_empty() {
                 break;
             }
-            raw.push((seg_start, path.segs[end - 1].1));
+            if !raw.push((seg_start, path.segs[end - 1].1)) {
+                break;
+            }
             if let Some(i) = walk(next, path, end, method, raw) {
                 return Some(i);
             }
-            raw.pop();
+            raw.len -= 1;
         }
     }
     None
@@ -284,7 +354,7 @@ fn walk(
 /// Matches one segment (starting at byte `offset` of the path) against a pattern, pushing the
 /// ranges of its parameters; each parameter takes a non-empty run up to the first occurrence
 /// of the text after it.
-fn match_pattern(parts: &[Part], seg: &str, offset: usize, raw: &mut Vec<(usize, usize)>) -> bool {
+fn match_pattern(parts: &[Part], seg: &str, offset: usize, raw: &mut Ranges) -> bool {
     let mut pos = 0;
     for (i, part) in parts.iter().enumerate() {
         let rest = seg.get(pos..).unwrap_or_default();
@@ -307,7 +377,9 @@ fn match_pattern(parts: &[Part], seg: &str, offset: usize, raw: &mut Vec<(usize,
                 if end == 0 {
                     return false;
                 }
-                raw.push((offset + pos, offset + pos + end));
+                if !raw.push((offset + pos, offset + pos + end)) {
+                    return false;
+                }
                 pos += end;
             }
         }
