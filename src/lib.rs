@@ -9,6 +9,7 @@
 //! - [`actions`]: what a request does: canonicalisation, the catalog and its generated route
 //!   tables, one pure classifier per protocol (git smart HTTP, ...); no I/O.
 //! - [`policy`]: decisions; pure, no I/O, no clock.
+//! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
 
@@ -17,6 +18,7 @@ pub mod agent_env;
 pub mod app;
 pub mod classify;
 pub mod config;
+pub mod counters;
 pub mod policy;
 pub mod proxy;
 pub mod tls;
