@@ -12,7 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::actions::catalog::Catalog;
 use crate::config::Config;
-use crate::policy::Interim;
+use crate::counters::Counters;
+use crate::decider::Decider;
+use crate::policy::Active;
+use crate::policy::schema::Schema;
+use crate::policy_files;
 use crate::proxy::forward::{Dialer, Forwarder};
 use crate::proxy::{ProxyState, listener};
 use crate::tls::{self, TlsError, ca, issuer::LeafIssuer};
@@ -31,6 +35,11 @@ pub enum AppError {
     },
     #[error(transparent)]
     Table(#[from] crate::actions::routes::TableError),
+    #[error("cannot open the state store in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -49,7 +58,10 @@ pub struct Gate {
     pub bundle: PathBuf,
     /// Whether this start created the CA.
     pub created_ca: bool,
+    /// The active policy set (tests reload and inspect it).
+    pub policy: Arc<Active>,
     issuer: Arc<LeafIssuer>,
+    watcher: JoinHandle<()>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -66,12 +78,33 @@ impl Gate {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        self.watcher.abort();
     }
 }
 
 /// Builds every component, binds the proxy, and starts serving in the background.
 pub async fn start(config: &Config) -> Result<Gate, AppError> {
     make_private_dir(&config.data_dir)?;
+    ensure_policies(&config.policies_dir)?;
+    let schema = Arc::new(Schema::builtin());
+    let active = Arc::new(Active::new());
+    if let Err(e) = policy_files::reload(&config.policies_dir, &schema, &active) {
+        eprintln!(
+            "agentgate: the policies in {} did not load; every request is blocked until they do:\n{e}",
+            config.policies_dir.display()
+        );
+    }
+    let counters = Arc::new(open_counters(&config.data_dir)?);
+    let decider = Arc::new(Decider::new(active.clone(), counters.clone()));
+    let watch = policy_files::watch(
+        config.policies_dir.clone(),
+        schema,
+        active.clone(),
+        policy_files::RELOAD_INTERVAL,
+    );
+    let watcher = tokio::spawn(async move {
+        tokio::join!(watch, prune_counters(counters));
+    });
     let (ca, created_ca) = ca::ensure(&config.certs_dir)?;
     let bundle = ca::write_bundle(&config.certs_dir, &ca)?;
     let ca_cert = ca.cert_path.clone();
@@ -99,9 +132,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         catalog: Catalog::builtin(config.github_enterprise.clone())?,
         uploads: crate::proxy::resumable::Uploads::new(config.limits.max_body_bytes),
         drafts: Default::default(),
-        policy: Interim {
-            tunnel_allow: config.tunnel_allow.clone(),
-        },
+        decider,
         limits: config.limits.clone(),
         issuer: issuer.clone(),
         forwarder: Forwarder::new(upstream_tls, dialer),
@@ -116,7 +147,9 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         ca_cert,
         bundle,
         created_ca,
+        policy: active,
         issuer,
+        watcher,
         stop: Some(stop),
         task,
     })
@@ -159,6 +192,44 @@ fn banner(config: &Config, gate: &Gate) -> String {
             format!(" # proxy is on port {}", gate.proxy_addr.port())
         },
     )
+}
+
+/// The shipped default policy, written to an empty or missing policy directory.
+pub const DEFAULT_POLICY: &str = include_str!("../policies/default.policy");
+
+/// Creates the policy directory with `default.policy` when it does not exist.
+fn ensure_policies(dir: &std::path::Path) -> Result<(), AppError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let dir_err = |source| AppError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(dir_err)?;
+    fs::write(dir.join("default.policy"), DEFAULT_POLICY).map_err(dir_err)
+}
+
+/// Drops counter series no window can reach any more, once a minute.
+async fn prune_counters(counters: Arc<Counters>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        if let Err(e) = counters.prune(crate::decider::now_ms()) {
+            tracing::warn!("counters: pruning failed: {e}");
+        }
+    }
+}
+
+/// The counters behind `count(...)`, in the data directory's sled store.
+fn open_counters(data: &std::path::Path) -> Result<Counters, AppError> {
+    let path = data.join("state");
+    let store = |source: Box<dyn std::error::Error + Send + Sync>| AppError::Store {
+        path: path.clone(),
+        source,
+    };
+    let db = crate::store::open(&path).map_err(|e| store(Box::new(e)))?;
+    let tree = db.open_tree("counters").map_err(|e| store(Box::new(e)))?;
+    Counters::open(tree, crate::decider::now_ms()).map_err(|e| store(Box::new(e)))
 }
 
 /// Creates `path` (and parents) with mode 0700 if missing.

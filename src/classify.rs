@@ -8,7 +8,8 @@ use crate::actions::Action;
 use crate::actions::catalog::Catalog;
 use crate::actions::host::Authority;
 use crate::config::Config;
-use crate::policy::Interim;
+use crate::decider::now_ms;
+use crate::policy::Active;
 
 /// Most header fields read from the request.
 const MAX_HEADERS: usize = 128;
@@ -27,6 +28,7 @@ fn err(msg: impl Into<String>) -> ClassifyCliError {
 pub fn classify_raw(
     config: &Config,
     catalog: &Catalog,
+    policy: &Active,
     raw: &[u8],
 ) -> Result<Value, ClassifyCliError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -52,9 +54,6 @@ pub fn classify_raw(
     }
     let body = body(&headers, &raw[head_len..])?;
     let (authority, path) = split_target(target, &headers)?;
-    let policy = Interim {
-        tunnel_allow: config.tunnel_allow.clone(),
-    };
     let actions = if config.intercept.contains(&authority.host) {
         catalog
             .inspect(
@@ -70,7 +69,7 @@ pub fn classify_raw(
     } else {
         vec![Action::net_connect(&authority)]
     };
-    let decision = policy.decide_all(&actions);
+    let decision = policy.preview(&actions, "", now_ms());
     Ok(json!({ "actions": actions, "decision": decision }))
 }
 
@@ -153,7 +152,16 @@ mod tests {
     fn run(raw: &str) -> Result<Value, ClassifyCliError> {
         let config = Config::defaults_in(std::path::Path::new("."));
         let catalog = Catalog::builtin(Default::default()).unwrap();
-        classify_raw(&config, &catalog, raw.as_bytes())
+        let schema = crate::policy::schema::Schema::builtin();
+        let program = crate::policy::load(
+            vec![crate::policy::source(
+                "default.policy",
+                crate::app::DEFAULT_POLICY,
+            )],
+            &schema,
+        )
+        .unwrap();
+        classify_raw(&config, &catalog, &Active::with(program), raw.as_bytes())
     }
 
     #[test]
@@ -161,7 +169,8 @@ mod tests {
         let v = run("DELETE https://api.github.com/repos/Acme/Api HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(v["actions"][0]["name"], "github.repos.delete");
         assert_eq!(v["actions"][0]["params"]["repo"], "acme/api");
-        assert_eq!(v["decision"]["effect"], "allow");
+        assert_eq!(v["decision"]["effect"], "block");
+        assert_eq!(v["decision"]["rules"][0], "no-repo-deletion");
         let v = run("POST /repos/acme/api/issues HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: 13\r\n\r\n{\"title\":\"t\"}").unwrap();
         assert_eq!(v["actions"][0]["params"]["title"], "t");
         let v = run("POST /repos/acme/api/issues HTTP/1.1\r\nHost: api.github.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"tit\r\n8\r\nle\":\"t\"}\r\n0\r\n\r\n").unwrap();

@@ -76,8 +76,8 @@ struct RawProxy {
     listen: Option<String>,
     /// Hosts whose TLS the gate terminates and inspects.
     intercept: Option<Vec<String>>,
-    /// `host` or `host:port` entries that may be reached through a blind tunnel
-    /// (the `net.connect` decision until the policy engine takes it over).
+    /// Retired: blind tunnels are `net.connect` actions, decided by the policy. Kept only to
+    /// say so when an old config still has it.
     tunnel_allow: Option<Vec<String>>,
 }
 
@@ -149,7 +149,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Canonical (lower-case, no trailing dot) host names the gate intercepts.
     pub intercept: BTreeSet<String>,
-    pub tunnel_allow: Vec<TunnelRule>,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
     pub step_up_window: Duration,
@@ -190,21 +189,6 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
         }
-    }
-}
-
-/// One entry of `proxy.tunnel_allow`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelRule {
-    pub host: String,
-    /// `None` allows every port.
-    pub port: Option<u16>,
-}
-
-impl TunnelRule {
-    /// Whether this rule lets a tunnel to `target` open.
-    pub fn allows(&self, target: &Authority) -> bool {
-        self.host == target.host && self.port.is_none_or(|p| p == target.port)
     }
 }
 
@@ -276,7 +260,6 @@ fn fallback(base: &Path) -> Config {
         policies_dir: base.join("policies"),
         data_dir: base.join("data"),
         intercept: DEFAULT_INTERCEPT.iter().map(|h| h.to_string()).collect(),
-        tunnel_allow: Vec::new(),
         upstream: UpstreamConfig {
             extra_roots: Vec::new(),
             overrides: BTreeMap::new(),
@@ -309,11 +292,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .map(|h| canonical_host("proxy.intercept", h))
             .collect::<Result<_, _>>()?;
     }
-    if let Some(rules) = raw.proxy.tunnel_allow {
-        cfg.tunnel_allow = rules
-            .iter()
-            .map(|r| tunnel_rule(r))
-            .collect::<Result<_, _>>()?;
+    if raw.proxy.tunnel_allow.is_some() {
+        return Err(ConfigError::Invalid(
+            "proxy.tunnel_allow is retired: tunnels are `net.connect` actions decided by the policy; \
+             write e.g. `allow \"pypi\" on net.connect when host == \"pypi.org\" and params.port == 443;` \
+             in a file under policies/"
+                .into(),
+        ));
     }
     if let Some(hosts) = raw.github.enterprise_hosts {
         cfg.github_enterprise = hosts
@@ -362,17 +347,6 @@ fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
 fn canonical_host(key: &str, value: &str) -> Result<String, ConfigError> {
     crate::actions::host::canonical_host(value)
         .map_err(|e: HostError| ConfigError::Invalid(format!("{key}: {value:?}: {e}")))
-}
-
-fn tunnel_rule(value: &str) -> Result<TunnelRule, ConfigError> {
-    if let Ok(a) = Authority::parse(value, None) {
-        return Ok(TunnelRule {
-            host: a.host,
-            port: Some(a.port),
-        });
-    }
-    let host = canonical_host("proxy.tunnel_allow", value)?;
-    Ok(TunnelRule { host, port: None })
 }
 
 fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
@@ -535,15 +509,9 @@ backend = "env"
     }
 
     #[test]
-    fn tunnel_rules_with_and_without_port() {
-        let c = Config::from_toml(
-            "[proxy]\ntunnel_allow = [\"Example.com\", \"pypi.org:443\"]",
-            Path::new("."),
-        )
-        .unwrap();
-        let a = Authority::parse("example.com:8443", None).unwrap();
-        assert!(c.tunnel_allow[0].allows(&a));
-        let b = Authority::parse("pypi.org:80", None).unwrap();
-        assert!(!c.tunnel_allow[1].allows(&b));
+    fn the_retired_tunnel_allow_says_what_replaced_it() {
+        let e = Config::from_toml("[proxy]\ntunnel_allow = [\"pypi.org:443\"]", Path::new("."))
+            .unwrap_err();
+        assert!(e.to_string().contains("net.connect"), "{e}");
     }
 }

@@ -9,7 +9,11 @@
 //! - [`actions`]: what a request does: canonicalisation, the catalog and its generated route
 //!   tables, one pure classifier per protocol (git smart HTTP, ...); no I/O.
 //! - [`policy`]: decisions; pure, no I/O, no clock.
+//! - [`decider`]: admission: the active policy decides, the counters reserve what it admits.
+//! - [`policy_cli`]: `agentgate policy check|test|explain`.
+//! - [`policy_files`]: the policy directory: reading a set, hot reload.
 //! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
+//! - [`store`]: the data directory's sled database, opened once per process.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
 
@@ -19,6 +23,10 @@ pub mod app;
 pub mod classify;
 pub mod config;
 pub mod counters;
+pub mod decider;
 pub mod policy;
+pub mod policy_cli;
+pub mod policy_files;
 pub mod proxy;
+pub mod store;
 pub mod tls;

@@ -45,6 +45,35 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check, test and explain policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse, type-check and lint; errors as file:line:col: message; exit 1 on error.
+    Check {
+        /// The policy directory (default: the config's paths.policies).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run every `test` block; exit 1 on any failure.
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read an action as JSON on standard input ({"action": .., "params": {..}, "agent": ..},
+    /// or the output of `agentgate classify`); print the decision and every rule's clauses.
+    Explain {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +113,35 @@ fn main() -> ExitCode {
     }
 }
 
+fn policy(command: PolicyCommand) -> Result<(), String> {
+    use agentgate::policy_cli;
+    let (dir, config) = match &command {
+        PolicyCommand::Check { dir, config }
+        | PolicyCommand::Test { dir, config }
+        | PolicyCommand::Explain { dir, config } => (dir.clone(), config.clone()),
+    };
+    let dir = match dir {
+        Some(d) => d,
+        None => load(config)?.policies_dir,
+    };
+    let report = match command {
+        PolicyCommand::Check { .. } => policy_cli::check(&dir),
+        PolicyCommand::Test { .. } => policy_cli::test(&dir),
+        PolicyCommand::Explain { .. } => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            policy_cli::explain(&dir, &input, agentgate::decider::now_ms())
+        }
+    };
+    if report.ok {
+        println!("{}", report.text);
+        Ok(())
+    } else {
+        Err(report.text)
+    }
+}
+
 fn dispatch(command: Command) -> Result<(), String> {
     match command {
         Command::Run { config } => {
@@ -111,15 +169,24 @@ fn dispatch(command: Command) -> Result<(), String> {
                 Ok(())
             }
         },
+        Command::Policy { command } => policy(command),
         Command::Classify { config } => {
             let config = load(config)?;
+            let schema = agentgate::policy::schema::Schema::builtin();
+            let active = agentgate::policy::Active::new();
+            if let Err(e) = agentgate::policy_files::reload(&config.policies_dir, &schema, &active)
+            {
+                eprintln!(
+                    "agentgate: the policies did not load; the decision is the block every request gets:\n{e}"
+                );
+            }
             let catalog =
                 agentgate::actions::catalog::Catalog::builtin(config.github_enterprise.clone())
                     .map_err(|e| e.to_string())?;
             let mut raw = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut raw)
                 .map_err(|e| format!("cannot read standard input: {e}"))?;
-            let report = agentgate::classify::classify_raw(&config, &catalog, &raw)
+            let report = agentgate::classify::classify_raw(&config, &catalog, &active, &raw)
                 .map_err(|e| e.to_string())?;
             let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
             println!("{text}");

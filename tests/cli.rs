@@ -120,7 +120,8 @@ async fn run_then_env_lets_curl_and_python_reach_the_upstream() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok GET /user");
 
-    let py = r#"python3 -c 'import requests; r = requests.post("https://api.github.com/repos/o/r/issues", json={"title": "hi"}); print(r.status_code, r.text, r.headers["agentgate-request-id"][:4])'"#;
+    // The shipped default policy is in force: a GraphQL query is allowed and forwarded...
+    let py = r#"python3 -c 'import requests; r = requests.post("https://api.github.com/graphql", json={"query": "{ viewer { login } }"}); print(r.status_code, r.text, r.headers["agentgate-request-id"][:4])'"#;
     let out = with_env(&config, py).await;
     assert!(
         out.status.success(),
@@ -129,10 +130,23 @@ async fn run_then_env_lets_curl_and_python_reach_the_upstream() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "200 ok POST /repos/o/r/issues req_"
+        "200 ok POST /graphql req_"
     );
     let rec = up.requests().pop().unwrap();
-    assert_eq!(rec.body, br#"{"title": "hi"}"#);
+    assert_eq!(rec.body, br#"{"query": "{ viewer { login } }"}"#);
+
+    // ...deleting a repository is blocked with the rule and its reason, and nothing is sent.
+    let before = up.requests().len();
+    let py = r#"python3 -c 'import requests; r = requests.delete("https://api.github.com/repos/Acme/API"); print(r.status_code, r.headers["agentgate-decision"], r.json()["rules"], r.json()["reason"])'"#;
+    let out = with_env(&config, py).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "403 block ['no-repo-deletion'] Agents may never delete repositories (acme/api)",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(up.requests().len(), before);
+    assert!(dir.path().join("policies/default.policy").is_file());
 
     // Tunnelled hosts keep verifying against the real roots: the bundle holds them too.
     let bundle = std::fs::read_to_string(dir.path().join("certs/bundle.pem")).unwrap();

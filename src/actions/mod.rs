@@ -43,7 +43,7 @@ pub enum ClassifyError {
 }
 
 /// What one request does, as the policy sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Action {
     /// The action name, e.g. `github.repos.delete`, `http.request`, `net.connect`.
     pub name: String,

@@ -1,147 +1,202 @@
-//! Decisions. The policy language lands here; until it does, the gate runs the interim rules of
-//! [`Interim`]: every action on an intercepted host is allowed (after the catalog has refused
-//! what is malformed or ambiguous), and `net.connect` only to the hosts in `proxy.tunnel_allow`.
+//! Decisions: the policy language of docs/policy-language.md.
+//!
+//! ```text
+//! text --parser--> ast --check (lists, types vs the catalog schema, patterns, regexes, zones)-->
+//!      Program --tests (every `test` block)--> active set --eval (pure: now + counts in)--> Decision
+//! ```
+//! Loading is all-or-nothing: any error keeps the last good set (see [`Active`]); with no good
+//! set every request is blocked with the reason "no active policy". This module does no I/O
+//! and reads no clock: files come in as [`ast::Source`]s, time as unix milliseconds.
 
-use serde::Serialize;
+pub mod ast;
+pub mod check;
+pub mod error;
+pub mod eval;
+pub mod parser;
+pub mod pattern;
+pub mod schema;
+pub mod selftest;
+
+use std::sync::{Arc, RwLock};
+
+pub use check::Program;
+pub use error::{LoadError, LoadErrors};
+pub use eval::{Counts, Decision, Effect, Fired, Input, NoCounts};
+
+use ast::Source;
+use schema::Schema;
 
 use crate::actions::Action;
-use crate::actions::host::Authority;
-use crate::config::TunnelRule;
 
-/// What the gate does with an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    Allow,
-    Block,
-}
+/// The reason every request gets while no policy set has loaded.
+pub const NO_POLICY: &str = "no active policy";
 
-/// A decision together with the rules that caused it and their reasons.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
-    pub effect: Effect,
-    /// The action the decision is about (its name).
-    pub action: String,
-    /// Ids of the rules that fired for the winning effect.
-    pub rules: Vec<String>,
-    /// Human-readable reasons, one per fired rule (or the default's).
-    pub reason: String,
-}
-
-impl Decision {
-    fn new(effect: Effect, action: &Action, rule: &str, reason: String) -> Decision {
-        Decision {
-            effect,
-            action: action.name.clone(),
-            rules: vec![rule.to_string()],
-            reason,
+/// Parses and checks a set of files (tests compiled, not run): `policy check`.
+pub fn compile(sources: Vec<Source>, schema: &Schema) -> Result<Program, LoadErrors> {
+    let mut files = Vec::with_capacity(sources.len());
+    let mut errors = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        match parser::parse_file(i, src) {
+            Ok(f) => files.push(f),
+            Err(e) => errors.push(e),
         }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    check::compile(&files, &sources, schema).map_err(LoadErrors)
+}
+
+/// The whole load pipeline: parse, check, compile, run every `test` block.
+pub fn load(sources: Vec<Source>, schema: &Schema) -> Result<Program, LoadErrors> {
+    let program = compile(sources, schema)?;
+    let failures: Vec<LoadError> = selftest::run(&program)
+        .into_iter()
+        .filter_map(|r| r.failure)
+        .collect();
+    if failures.is_empty() {
+        Ok(program)
+    } else {
+        Err(LoadErrors(failures))
     }
 }
 
-/// The rules in force until policy files are loaded: built from the config only.
-#[derive(Debug, Clone, Default)]
-pub struct Interim {
-    pub tunnel_allow: Vec<TunnelRule>,
+impl Program {
+    /// Decides one request: every action, the strictest wins (policy-language.md 5).
+    pub fn decide_all(
+        &self,
+        actions: &[Action],
+        agent: &str,
+        now_ms: i64,
+        approved: &[String],
+        counts: &dyn Counts,
+    ) -> Decision {
+        let decisions = actions
+            .iter()
+            .map(|action| {
+                eval::decide(
+                    self,
+                    &Input {
+                        action,
+                        agent,
+                        now_ms,
+                        approved,
+                    },
+                    counts,
+                )
+            })
+            .collect();
+        Decision::strictest(decisions)
+    }
 }
 
-impl Interim {
-    /// Decides an action. Pure: no I/O, no clock.
-    pub fn decide(&self, action: &Action) -> Decision {
-        match action.name.as_str() {
-            "net.connect" => self.decide_connect(action),
-            _ => Decision::new(
-                Effect::Allow,
-                action,
-                "config:intercepted-host",
-                "requests on intercepted hosts are allowed until a policy is loaded".into(),
-            ),
+/// What the last load attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadStatus {
+    /// Nothing loaded yet.
+    Never,
+    Loaded {
+        files: usize,
+        rules: usize,
+        tests: usize,
+    },
+    /// The last attempt failed; the previous set (if any) stays active.
+    Failed(String),
+}
+
+/// The active policy set, swapped atomically by a load; readers take an `Arc` and decide on
+/// it without holding any lock.
+#[derive(Debug)]
+pub struct Active {
+    current: RwLock<Option<Arc<Program>>>,
+    status: RwLock<LoadStatus>,
+}
+
+impl Default for Active {
+    fn default() -> Self {
+        Active::new()
+    }
+}
+
+impl Active {
+    pub fn new() -> Active {
+        Active {
+            current: RwLock::new(None),
+            status: RwLock::new(LoadStatus::Never),
         }
     }
 
-    /// Decides every action of one request: the strictest decision wins (the first block, in
-    /// request order); a request with no action is blocked.
-    pub fn decide_all(&self, actions: &[Action]) -> Decision {
-        let mut decisions = actions.iter().map(|a| self.decide(a));
-        let Some(first) = decisions.next() else {
-            return Decision {
-                effect: Effect::Block,
-                action: String::new(),
-                rules: vec!["builtin:no-action".into()],
-                reason: "the request carries no action".into(),
-            };
+    /// An active set made of one program (tests, `classify`).
+    pub fn with(program: Program) -> Active {
+        let a = Active::new();
+        a.install(program);
+        a
+    }
+
+    /// The set in force, if any.
+    pub fn current(&self) -> Option<Arc<Program>> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        match self.status.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `program` the active set.
+    pub fn install(&self, program: Program) {
+        let status = LoadStatus::Loaded {
+            files: program.sources.len(),
+            rules: program.rules.len(),
+            tests: program.tests.len(),
         };
-        if first.effect == Effect::Block {
-            return first;
+        let program = Arc::new(program);
+        match self.current.write() {
+            Ok(mut g) => *g = Some(program),
+            Err(poisoned) => *poisoned.into_inner() = Some(program),
         }
-        decisions
-            .find(|d| d.effect == Effect::Block)
-            .unwrap_or(first)
+        self.set_status(status);
     }
 
-    fn decide_connect(&self, action: &Action) -> Decision {
-        let host = action.params.get("host").and_then(|v| v.as_str());
-        let port = action
-            .params
-            .get("port")
-            .and_then(|v| v.as_u64())
-            .and_then(|p| u16::try_from(p).ok());
-        let target = match (host, port) {
-            (Some(host), Some(port)) => Authority {
-                host: host.to_string(),
-                port,
-            },
-            _ => {
-                return Decision::new(
-                    Effect::Block,
-                    action,
-                    "config:default",
-                    "net.connect without a host and port".into(),
-                );
-            }
-        };
-        if self.tunnel_allow.iter().any(|r| r.allows(&target)) {
-            Decision::new(
-                Effect::Allow,
-                action,
-                "config:tunnel_allow",
-                format!("{target} is in proxy.tunnel_allow"),
-            )
-        } else {
-            Decision::new(
-                Effect::Block,
-                action,
-                "config:tunnel_allow",
-                format!(
-                    "connections to {target} are not allowed: the host is not intercepted and not in proxy.tunnel_allow"
-                ),
-            )
+    /// Records a failed load; the active set is left as it was.
+    pub fn failed(&self, errors: &LoadErrors) {
+        self.set_status(LoadStatus::Failed(errors.to_string()));
+    }
+
+    fn set_status(&self, status: LoadStatus) {
+        match self.status.write() {
+            Ok(mut g) => *g = status,
+            Err(poisoned) => *poisoned.into_inner() = status,
+        }
+    }
+
+    /// Decides without recording anything (no counter is reserved): `classify`, previews.
+    pub fn preview(&self, actions: &[Action], agent: &str, now_ms: i64) -> Decision {
+        match self.current() {
+            Some(p) => p.decide_all(actions, agent, now_ms, &[], &NoCounts),
+            None => no_policy(actions),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The decision while no policy set is active.
+pub fn no_policy(actions: &[Action]) -> Decision {
+    Decision::blocked(
+        "builtin:no-policy",
+        actions.first().map_or("", |a| a.name.as_str()),
+        NO_POLICY,
+    )
+}
 
-    #[test]
-    fn tunnels_default_deny() {
-        let p = Interim {
-            tunnel_allow: vec![TunnelRule {
-                host: "pypi.org".into(),
-                port: Some(443),
-            }],
-        };
-        let ok = Action::net_connect(&Authority::parse("pypi.org:443", None).unwrap());
-        assert_eq!(p.decide(&ok).effect, Effect::Allow);
-        let no = Action::net_connect(&Authority::parse("evil.example:443", None).unwrap());
-        let d = p.decide(&no);
-        assert_eq!(d.effect, Effect::Block);
-        assert!(d.reason.contains("evil.example:443"));
-        assert_eq!(
-            p.decide_all(&[ok.clone(), no.clone(), ok]).action,
-            "net.connect"
-        );
-        assert_eq!(p.decide_all(&[]).effect, Effect::Block);
+/// Reads a policy text given on its own (stdin, a test), as one source named `name`.
+pub fn source(name: &str, text: &str) -> Source {
+    Source {
+        name: name.to_string(),
+        text: text.to_string(),
     }
 }

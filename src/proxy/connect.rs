@@ -40,7 +40,11 @@ async fn open(state: &Arc<ProxyState>, req: &mut Request<Incoming>) -> Result<()
         });
         return Ok(());
     }
-    let decision = state.policy.decide(&Action::net_connect(&target));
+    let decision = state.decider.admit(
+        &[Action::net_connect(&target)],
+        "",
+        crate::decider::now_ms(),
+    );
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }
@@ -79,12 +83,9 @@ fn connect_target(req: &Request<Incoming>) -> Result<Authority, Refusal> {
 
 /// The block for a request aimed at the gate itself (its proxy or dashboard port).
 pub fn own_address(target: &Authority) -> Refusal {
-    Refusal::Blocked(Decision {
-        effect: Effect::Block,
-        action: "net.connect".into(),
-        rules: vec!["builtin:gate-address".into()],
-        reason: format!(
-            "{target} is the gate's own address and is not reachable through the proxy"
-        ),
-    })
+    Refusal::Blocked(Decision::blocked(
+        "builtin:gate-address",
+        "net.connect",
+        format!("{target} is the gate's own address and is not reachable through the proxy"),
+    ))
 }

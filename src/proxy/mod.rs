@@ -22,7 +22,7 @@ use http_body_util::combinators::BoxBody;
 use crate::actions::catalog::Catalog;
 use crate::actions::host::Authority;
 use crate::config::Limits;
-use crate::policy::Interim;
+use crate::decider::Decider;
 use crate::tls::issuer::LeafIssuer;
 
 /// The body type of every response the gate sends to an agent.
@@ -37,7 +37,8 @@ pub struct ProxyState {
     pub drafts: drafts::Drafts,
     /// Gmail resumable upload sessions in progress.
     pub uploads: resumable::Uploads,
-    pub policy: Interim,
+    /// The active policy and the counters: every decision comes from here.
+    pub decider: Arc<Decider>,
     pub limits: Limits,
     pub issuer: Arc<LeafIssuer>,
     pub forwarder: forward::Forwarder,

@@ -79,9 +79,18 @@ async fn run(
     for action in &mut actions {
         state.drafts.complete_send("", action);
     }
-    let decision = state.policy.decide_all(&actions);
-    if decision.effect != Effect::Allow {
-        return Err(Refusal::Blocked(decision));
+    let mut decision = state.decider.admit(&actions, "", crate::decider::now_ms());
+    match decision.effect {
+        Effect::Allow => {}
+        Effect::Block => return Err(Refusal::Blocked(decision)),
+        Effect::StepUp => {
+            // Holding a request for a reviewer is not built yet: a step-up is refused, and
+            // says so, rather than let through.
+            decision.reason.push_str(
+                " (approval needed: this gate cannot hold requests for a reviewer yet, so the request is refused)",
+            );
+            return Err(Refusal::Blocked(decision));
+        }
     }
     // A Gmail resumable upload starts here: remember the session the upstream creates.
     let upload_start = actions

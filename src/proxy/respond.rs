@@ -20,7 +20,7 @@ pub const REQUEST_ID_HEADER: &str = "agentgate-request-id";
 /// Why the gate refused a request, and so which response the agent gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
-    /// The policy blocked the action (403).
+    /// The policy blocked the action, or asked for a step-up the gate cannot hold yet (403).
     Blocked(Decision),
     /// Malformed or ambiguous request (400); nothing forwarded.
     BadRequest(String),
@@ -80,7 +80,7 @@ impl Refusal {
     pub fn body(&self, request_id: &RequestId) -> Value {
         match self {
             Refusal::Blocked(d) => json!({
-                "decision": "block",
+                "decision": d.effect.as_str(),
                 "action": d.action,
                 "rules": d.rules,
                 "reason": d.reason,
@@ -103,10 +103,9 @@ impl Refusal {
 
 /// Builds the response for a refusal.
 pub fn refusal(r: &Refusal, request_id: &RequestId) -> Response<RespBody> {
-    let decision = if matches!(r, Refusal::Blocked(_)) {
-        "block"
-    } else {
-        "error"
+    let decision = match r {
+        Refusal::Blocked(d) => d.effect.as_str(),
+        _ => "error",
     };
     let body = r.body(request_id).to_string();
     let mut resp = Response::new(full(body));
@@ -194,6 +193,7 @@ mod tests {
             action: "net.connect".into(),
             rules: vec!["r1".into()],
             reason: "no".into(),
+            fired: Vec::new(),
         });
         let resp = refusal(&r, &rid);
         assert_eq!(resp.status(), 403);

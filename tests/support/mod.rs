@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentgate::app::{self, Gate};
-use agentgate::config::{Config, TunnelRule};
+use agentgate::config::Config;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -294,6 +294,11 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The policy of most tests: every action on an intercepted host is allowed, tunnels are
+/// blocked unless a test adds a rule (`TestGate::tunnel_allow`).
+pub const BASE_POLICY: &str = "default block reason \"no test rule allows {action} ({host}:{params.port})\";\n\
+allow \"test-intercepted\" on ** unless action == \"net.connect\";\n";
+
 /// The gate under test, with its own CA and config in a scratch directory.
 pub struct TestGate {
     pub gate: Gate,
@@ -318,6 +323,8 @@ impl TestGate {
             .iter()
             .map(|(h, a)| (h.to_string(), a.to_string()))
             .collect::<BTreeMap<_, _>>();
+        std::fs::create_dir_all(&config.policies_dir).unwrap();
+        TestGate::policy(&mut config, "base", BASE_POLICY);
         edit(&mut config);
         let gate = app::start(&config).await.unwrap();
         TestGate { gate, dir, config }
@@ -325,6 +332,14 @@ impl TestGate {
 
     pub fn addr(&self) -> SocketAddr {
         self.gate.proxy_addr
+    }
+
+    /// Stops the gate and starts it again on the same directory (CA, policies, data).
+    pub async fn restart(self) -> TestGate {
+        let TestGate { gate, dir, config } = self;
+        gate.shutdown().await;
+        let gate = app::start(&config).await.unwrap();
+        TestGate { gate, dir, config }
     }
 
     pub fn proxy_url(&self) -> String {
@@ -384,11 +399,27 @@ impl TestGate {
         self.gate.ca_cert.clone()
     }
 
+    /// Adds a rule allowing tunnels to `host` (any port, or `port`), as a policy file.
     pub fn tunnel_allow(config: &mut Config, host: &str, port: Option<u16>) {
-        config.tunnel_allow.push(TunnelRule {
-            host: host.into(),
-            port,
-        });
+        let port = port.map_or(String::new(), |p| format!(" and params.port == {p}"));
+        TestGate::policy(
+            config,
+            &format!("tunnel-{host}"),
+            &format!("allow \"tunnel-{host}\" on net.connect when host == \"{host}\"{port};\n"),
+        );
+    }
+
+    /// Writes `text` as `policies/NAME.policy` (use from `edit`, before the gate starts).
+    pub fn policy(config: &mut Config, name: &str, text: &str) {
+        std::fs::write(config.policies_dir.join(format!("{name}.policy")), text).unwrap();
+    }
+
+    /// Replaces the whole policy set (use from `edit`): only `text` remains.
+    pub fn only_policy(config: &mut Config, text: &str) {
+        for e in std::fs::read_dir(&config.policies_dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        TestGate::policy(config, "only", text);
     }
 }
 

@@ -1,0 +1,956 @@
+//! The evaluator: pure (it takes `now` and the counts, reads no clock, does no I/O), three-valued,
+//! and bounded by a step budget.
+//!
+//! An expression is true, false or unknown (a missing value, a wrong type from an untyped
+//! field, the budget spent). `and`/`or`/`not`/`any`/`all` follow Kleene's three-valued logic.
+//! A block or step_up rule fires unless its conditions are definitely false; an allow rule
+//! fires only when they are definitely true. So an error can only make a decision stricter.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ast::{CmpOp, EffectKw, Func};
+use super::check::{Builtin, CExpr, CRule, Piece, Program, Template};
+use crate::actions::Action;
+
+/// Most expression steps one decision may take.
+pub const STEP_BUDGET: u32 = 100_000;
+/// Longest text one template hole renders (agent-controlled values end up in reasons).
+const MAX_HOLE_CHARS: usize = 200;
+
+/// What the gate does with an action (or a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    StepUp,
+    Block,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::StepUp => "step_up",
+            Effect::Block => "block",
+        }
+    }
+}
+
+impl From<EffectKw> for Effect {
+    fn from(e: EffectKw) -> Effect {
+        match e {
+            EffectKw::Allow => Effect::Allow,
+            EffectKw::StepUp => Effect::StepUp,
+            EffectKw::Block => Effect::Block,
+        }
+    }
+}
+
+/// The counts `count(...)` reads: admitted requests of a series in `(now - window, now]`.
+pub trait Counts {
+    fn count(&self, spec: &str, group: &str, window_ms: u64, now_ms: i64) -> u64;
+}
+
+/// No counts at all (every `count` is 0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCounts;
+
+impl Counts for NoCounts {
+    fn count(&self, _: &str, _: &str, _: u64, _: i64) -> u64 {
+        0
+    }
+}
+
+/// What one decision is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub action: &'a Action,
+    pub agent: &'a str,
+    /// Unix milliseconds.
+    pub now_ms: i64,
+    /// Step-up rules a reviewer approved (release re-evaluation); empty otherwise.
+    pub approved: &'a [String],
+}
+
+/// A rule that fired.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fired {
+    pub rule: String,
+    /// `allow`, `step_up`, `block`, or for a shadow rule `would_allow` and so on.
+    pub effect: String,
+    pub shadow: bool,
+    /// The rule fired because a condition could not be evaluated (policy-language.md 4).
+    pub fired_on_error: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<(String, String)>,
+    pub action: String,
+}
+
+/// A decision, with the rules that caused it and every rule that fired.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The action the decision is about (the first with the winning effect).
+    pub action: String,
+    /// Ids of the enforcing rules that fired with the winning effect (`default` when none).
+    pub rules: Vec<String>,
+    /// Their reasons, joined with "; ".
+    pub reason: String,
+    /// Every rule that fired, enforcing and shadow, for every action.
+    pub fired: Vec<Fired>,
+}
+
+impl Decision {
+    /// A decision no rule made (no policy, no action): blocked with `reason`.
+    pub fn blocked(rule: &str, action: &str, reason: impl Into<String>) -> Decision {
+        Decision {
+            effect: Effect::Block,
+            action: action.to_string(),
+            rules: vec![rule.to_string()],
+            reason: reason.into(),
+            fired: Vec::new(),
+        }
+    }
+
+    /// The strictest of several decisions (one per action of a request); ties keep the
+    /// earliest action and merge the rules.
+    pub fn strictest(decisions: Vec<Decision>) -> Decision {
+        let Some(effect) = decisions.iter().map(|d| d.effect).max() else {
+            return Decision::blocked("builtin:no-action", "", "the request carries no action");
+        };
+        let mut out: Option<Decision> = None;
+        let mut fired = Vec::new();
+        for d in decisions {
+            fired.extend(d.fired.iter().cloned());
+            if d.effect != effect {
+                continue;
+            }
+            match &mut out {
+                None => out = Some(d),
+                Some(o) => {
+                    for r in d.rules {
+                        if !o.rules.contains(&r) {
+                            o.rules.push(r);
+                        }
+                    }
+                    if !o.reason.contains(&d.reason) {
+                        o.reason.push_str("; ");
+                        o.reason.push_str(&d.reason);
+                    }
+                }
+            }
+        }
+        let mut out = out.unwrap_or_else(|| Decision::blocked("builtin:no-action", "", ""));
+        out.fired = fired;
+        out
+    }
+}
+
+/// How one clause came out, for `explain`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClauseTrace {
+    pub clause: &'static str,
+    pub source: String,
+    /// `true`, `false` or `unknown`.
+    pub value: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How one applicable rule came out, for `explain`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleTrace {
+    pub rule: String,
+    pub effect: Effect,
+    pub shadow: bool,
+    pub location: String,
+    pub fired: bool,
+    pub fired_on_error: bool,
+    /// The rule would have fired, but a reviewer approved it.
+    pub approved: bool,
+    pub clauses: Vec<ClauseTrace>,
+}
+
+/// Decides one action.
+pub fn decide(program: &Program, input: &Input<'_>, counts: &dyn Counts) -> Decision {
+    decide_traced(program, input, counts, None)
+}
+
+/// Decides one action, recording every applicable rule's clauses in `trace`.
+pub fn decide_traced(
+    program: &Program,
+    input: &Input<'_>,
+    counts: &dyn Counts,
+    mut trace: Option<&mut Vec<RuleTrace>>,
+) -> Decision {
+    let approved = Value::Array(
+        input
+            .approved
+            .iter()
+            .map(|a| Value::String(a.clone()))
+            .collect(),
+    );
+    let ev = Ev {
+        program,
+        input,
+        counts,
+        approved: &approved,
+        steps: Cell::new(0),
+        slots: RefCell::new(Vec::new()),
+    };
+    let mut enforcing: Vec<(usize, Fired)> = Vec::new();
+    let mut shadow: Vec<(usize, Fired)> = Vec::new();
+    for i in applicable(program, &input.action.name) {
+        let Some(rule) = program.rules.get(i) else {
+            continue;
+        };
+        let out = ev.rule(rule, trace.is_some());
+        let is_approved =
+            rule.effect == EffectKw::StepUp && out.fires && input.approved.contains(&rule.id);
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(RuleTrace {
+                rule: rule.id.clone(),
+                effect: rule.effect.into(),
+                shadow: rule.shadow,
+                location: rule.location.clone(),
+                fired: out.fires && !is_approved,
+                fired_on_error: out.on_error,
+                approved: is_approved,
+                clauses: out.clauses,
+            });
+        }
+        if !out.fires || is_approved {
+            continue;
+        }
+        let effect = Effect::from(rule.effect);
+        let fired = Fired {
+            rule: rule.id.clone(),
+            effect: if rule.shadow {
+                format!("would_{}", effect.as_str())
+            } else {
+                effect.as_str().to_string()
+            },
+            shadow: rule.shadow,
+            fired_on_error: out.on_error,
+            errors: out.errors,
+            reason: ev.render(&rule.reason, Some(&rule.id)),
+            annotations: rule.annotations.clone(),
+            action: input.action.name.clone(),
+        };
+        if rule.shadow {
+            shadow.push((i, fired));
+        } else {
+            enforcing.push((i, fired));
+        }
+    }
+    let winner = enforcing
+        .iter()
+        .map(|(i, _)| {
+            program
+                .rules
+                .get(*i)
+                .map_or(Effect::Block, |r| r.effect.into())
+        })
+        .max();
+    // Rules sorted by id: neither file order nor file splitting changes a decision's text.
+    enforcing.sort_by(|a, b| a.1.rule.cmp(&b.1.rule));
+    shadow.sort_by(|a, b| a.1.rule.cmp(&b.1.rule));
+    let (effect, rules, reason) = match winner {
+        Some(effect) => {
+            let winning: Vec<&Fired> = enforcing
+                .iter()
+                .filter(|(i, _)| {
+                    program
+                        .rules
+                        .get(*i)
+                        .is_some_and(|r| Effect::from(r.effect) == effect)
+                })
+                .map(|(_, f)| f)
+                .collect();
+            (
+                effect,
+                winning.iter().map(|f| f.rule.clone()).collect(),
+                winning
+                    .iter()
+                    .map(|f| f.reason.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        }
+        None => (
+            program.default.effect.into(),
+            vec!["default".to_string()],
+            ev.render(&program.default.reason, None),
+        ),
+    };
+    let fired = enforcing
+        .into_iter()
+        .chain(shadow)
+        .map(|(_, f)| f)
+        .collect();
+    Decision {
+        effect,
+        action: input.action.name.clone(),
+        rules,
+        reason,
+        fired,
+    }
+}
+
+/// The rules that apply to an action name: from the index, or for a GraphQL mutation outside
+/// the catalog, the rules whose patterns reach that family.
+pub fn applicable<'p>(program: &'p Program, name: &str) -> Box<dyn Iterator<Item = usize> + 'p> {
+    if let Some(list) = program.index.get(name) {
+        return Box::new(list.iter().copied());
+    }
+    let name = name.to_string();
+    Box::new(program.graphql_rules.iter().copied().filter(move |i| {
+        program
+            .rules
+            .get(*i)
+            .is_some_and(|r| r.patterns.iter().any(|p| p.matches(&name)))
+    }))
+}
+
+/// The count specs whose pattern matches an action (it counts toward them when admitted).
+pub fn counted_specs(program: &Program, name: &str) -> Vec<usize> {
+    if let Some(list) = program.count_index.get(name) {
+        return list.clone();
+    }
+    program
+        .graphql_counts
+        .iter()
+        .copied()
+        .filter(|i| {
+            program
+                .counts
+                .get(*i)
+                .is_some_and(|c| c.pattern.matches(name))
+        })
+        .collect()
+}
+
+/// The count specs the rules applying to an action read.
+pub fn read_specs(program: &Program, name: &str) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for i in applicable(program, name) {
+        if let Some(r) = program.rules.get(i) {
+            for c in &r.counts {
+                if !out.contains(c) {
+                    out.push(*c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The group an action falls in for a count spec (`None` when the grouping param is missing).
+pub fn group_of(program: &Program, spec: usize, action: &Action, agent: &str) -> Option<String> {
+    let spec = program.counts.get(spec)?;
+    if spec.by_param.is_empty() {
+        return Some(agent.to_string());
+    }
+    let v = lookup(&action.params, &spec.by_param)?;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn lookup<'a>(params: &'a serde_json::Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = params.get(first)?;
+    for f in rest {
+        v = v.as_object()?.get(f)?;
+    }
+    (!v.is_null()).then_some(v)
+}
+
+/// Why an expression has no value.
+#[derive(Debug, Clone, PartialEq)]
+enum Err {
+    /// The value is not in the request (`??` supplies a default for this one only).
+    Missing(String),
+    Type(String),
+    Budget,
+}
+
+impl Err {
+    fn message(&self) -> String {
+        match self {
+            Err::Missing(m) | Err::Type(m) => m.clone(),
+            Err::Budget => format!("the decision ran out of its step budget ({STEP_BUDGET})"),
+        }
+    }
+}
+
+/// A value during evaluation.
+#[derive(Debug, Clone)]
+enum V<'a> {
+    J(&'a Value),
+    S(Cow<'a, str>),
+    I(i64),
+    B(bool),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tri {
+    T,
+    F,
+    U(String),
+}
+
+impl Tri {
+    fn of(b: bool) -> Tri {
+        if b { Tri::T } else { Tri::F }
+    }
+    fn not(self) -> Tri {
+        match self {
+            Tri::T => Tri::F,
+            Tri::F => Tri::T,
+            u => u,
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Tri::T => "true",
+            Tri::F => "false",
+            Tri::U(_) => "unknown",
+        }
+    }
+}
+
+struct RuleOutcome {
+    fires: bool,
+    on_error: bool,
+    errors: Vec<String>,
+    clauses: Vec<ClauseTrace>,
+}
+
+struct Ev<'a> {
+    program: &'a Program,
+    input: &'a Input<'a>,
+    counts: &'a dyn Counts,
+    approved: &'a Value,
+    steps: Cell<u32>,
+    slots: RefCell<Vec<Option<&'a Value>>>,
+}
+
+impl<'a> Ev<'a> {
+    fn step(&self) -> Result<(), Err> {
+        let n = self.steps.get().saturating_add(1);
+        self.steps.set(n);
+        if n > STEP_BUDGET {
+            Err(Err::Budget)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn rule(&self, r: &'a CRule, trace: bool) -> RuleOutcome {
+        {
+            let mut slots = self.slots.borrow_mut();
+            slots.clear();
+            slots.resize(r.slots, None);
+        }
+        let mut errors = Vec::new();
+        let mut clauses = Vec::new();
+        let mut cond = Tri::T;
+        let mut record = |kind: &'static str, source: &str, t: &Tri, errors: &mut Vec<String>| {
+            if let Tri::U(e) = t {
+                errors.push(e.clone());
+            }
+            if trace {
+                clauses.push(ClauseTrace {
+                    clause: kind,
+                    source: source.to_string(),
+                    value: t.name(),
+                    error: match t {
+                        Tri::U(e) => Some(e.clone()),
+                        _ => None,
+                    },
+                });
+            }
+        };
+        for c in &r.when {
+            if cond == Tri::F && !trace {
+                break;
+            }
+            let t = self.truth(&c.expr);
+            record("when", &c.source, &t, &mut errors);
+            cond = and(cond, t);
+        }
+        for c in &r.unless {
+            if cond == Tri::F && !trace {
+                break;
+            }
+            let t = self.truth(&c.expr);
+            record("unless", &c.source, &t, &mut errors);
+            cond = and(cond, t.not());
+        }
+        let (fires, on_error) = match (r.effect, &cond) {
+            (EffectKw::Allow, Tri::T) => (true, false),
+            (EffectKw::Allow, _) => (false, false),
+            (_, Tri::F) => (false, false),
+            (_, c) => {
+                let mut on_error = matches!(c, Tri::U(_));
+                let mut fires = true;
+                if let Some(ex) = &r.exempt {
+                    let t = self.truth(&ex.expr);
+                    record("exempt", &ex.source, &t, &mut errors);
+                    match t {
+                        Tri::T => fires = false,
+                        Tri::U(_) => on_error = true,
+                        Tri::F => {}
+                    }
+                }
+                (fires, on_error && fires)
+            }
+        };
+        RuleOutcome {
+            fires,
+            on_error,
+            errors,
+            clauses,
+        }
+    }
+
+    fn truth(&self, e: &'a CExpr) -> Tri {
+        if let Err(e) = self.step() {
+            return Tri::U(e.message());
+        }
+        match e {
+            CExpr::Or(parts) => {
+                let mut acc = Tri::F;
+                for p in parts {
+                    match self.truth(p) {
+                        Tri::T => return Tri::T,
+                        Tri::U(m) => acc = Tri::U(m),
+                        Tri::F => {}
+                    }
+                }
+                acc
+            }
+            CExpr::And(parts) => {
+                let mut acc = Tri::T;
+                for p in parts {
+                    acc = and(acc, self.truth(p));
+                    if acc == Tri::F {
+                        return Tri::F;
+                    }
+                }
+                acc
+            }
+            CExpr::Not(inner) => self.truth(inner).not(),
+            CExpr::Quant {
+                all,
+                slot,
+                list,
+                body,
+            } => {
+                let items = match self.value(list).and_then(|v| self.list(v)) {
+                    Ok(items) => items,
+                    Err(e) => return Tri::U(e.message()),
+                };
+                let mut acc = Tri::of(*all);
+                for item in items {
+                    if let Some(s) = self.slots.borrow_mut().get_mut(*slot) {
+                        *s = Some(item);
+                    }
+                    match (self.truth(body), *all) {
+                        (Tri::T, false) => return Tri::T,
+                        (Tri::F, true) => return Tri::F,
+                        (Tri::U(m), _) => acc = Tri::U(m),
+                        _ => {}
+                    }
+                }
+                acc
+            }
+            other => match self.value(other) {
+                Ok(V::B(b)) => Tri::of(b),
+                Ok(V::J(Value::Bool(b))) => Tri::of(*b),
+                Ok(_) => Tri::U("a condition is not true or false".into()),
+                Err(e) => Tri::U(e.message()),
+            },
+        }
+    }
+
+    fn value(&self, e: &'a CExpr) -> Result<V<'a>, Err> {
+        self.step()?;
+        match e {
+            CExpr::Or(_) | CExpr::And(_) | CExpr::Not(_) | CExpr::Quant { .. } => {
+                match self.truth(e) {
+                    Tri::T => Ok(V::B(true)),
+                    Tri::F => Ok(V::B(false)),
+                    Tri::U(m) => Err(Err::Type(m)),
+                }
+            }
+            CExpr::Cmp(op, l, r) => {
+                let l = self.value(l)?;
+                let r = self.value(r)?;
+                self.cmp(*op, l, r).map(V::B)
+            }
+            CExpr::InStrs {
+                subject,
+                set,
+                negate,
+            } => {
+                let v = self.value(subject)?;
+                let s = self.str(v)?;
+                Ok(V::B(set.contains(s.as_ref()) != *negate))
+            }
+            CExpr::Under(subject, domains) => {
+                let v = self.value(subject)?;
+                let d = self.str(v)?;
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                Ok(V::B(domains.iter().any(|e| {
+                    d == *e
+                        || (d.len() > e.len()
+                            && d.ends_with(e.as_str())
+                            && d.as_bytes().get(d.len() - e.len() - 1) == Some(&b'.'))
+                })))
+            }
+            CExpr::Regex(subject, re) => {
+                let v = self.value(subject)?;
+                let s = self.str(v)?;
+                Ok(V::B(re.is_match(&s)))
+            }
+            CExpr::Within {
+                subject,
+                weekdays,
+                start,
+                end,
+                zone,
+            } => {
+                let v = self.value(subject)?;
+                let ms = self.int(v)?;
+                within(ms, *weekdays, *start, *end, zone).map(V::B)
+            }
+            CExpr::Coalesce(parts) => {
+                let mut last = Err::Missing("no value".into());
+                for p in parts {
+                    match self.value(p) {
+                        Ok(v) => return Ok(v),
+                        Err(Err::Missing(m)) => last = Err::Missing(m),
+                        Err(other) => return Err(other),
+                    }
+                }
+                Err(last)
+            }
+            CExpr::Call(func, arg) => {
+                let v = self.value(arg)?;
+                match func {
+                    Func::Len => Ok(V::I(i64::try_from(self.list(v)?.len()).unwrap_or(i64::MAX))),
+                    Func::Lower => Ok(V::S(Cow::Owned(self.str(v)?.to_lowercase()))),
+                    Func::Domain => {
+                        let s = self.str(v)?;
+                        match s.rsplit_once('@') {
+                            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                                Ok(V::S(Cow::Owned(
+                                    domain.trim_end_matches('.').to_ascii_lowercase(),
+                                )))
+                            }
+                            _ => Err(Err::Type(format!("{s:?} is not an e-mail address"))),
+                        }
+                    }
+                }
+            }
+            CExpr::Count { spec, window_ms } => {
+                let group = group_of(self.program, *spec, self.input.action, self.input.agent)
+                    .ok_or_else(|| {
+                        Err::Missing("the param this count groups by is not in the request".into())
+                    })?;
+                let key = self
+                    .program
+                    .counts
+                    .get(*spec)
+                    .map_or("", |c| c.key.as_str());
+                let n = self
+                    .counts
+                    .count(key, &group, *window_ms, self.input.now_ms);
+                Ok(V::I(i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+            CExpr::Const(v) => Ok(V::J(v)),
+            CExpr::Builtin(b) => Ok(match b {
+                Builtin::Action => V::S(Cow::Borrowed(self.input.action.name.as_str())),
+                Builtin::Agent => V::S(Cow::Borrowed(self.input.agent)),
+                Builtin::Method => V::S(Cow::Borrowed(self.input.action.method.as_str())),
+                Builtin::Host => V::S(Cow::Borrowed(self.input.action.host.as_str())),
+                Builtin::Path => V::S(Cow::Borrowed(self.input.action.path.as_str())),
+                Builtin::Now => V::I(self.input.now_ms),
+                Builtin::Approved => V::J(self.approved),
+            }),
+            CExpr::Param(path) => lookup(&self.input.action.params, path)
+                .map(V::J)
+                .ok_or_else(|| {
+                    Err::Missing(format!("params.{} is not in the request", path.join(".")))
+                }),
+            CExpr::Var(slot, path) => {
+                let item = self
+                    .slots
+                    .borrow()
+                    .get(*slot)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| Err::Type("an unbound variable".into()))?;
+                let mut v = item;
+                for f in path {
+                    v = v
+                        .as_object()
+                        .and_then(|o| o.get(f))
+                        .filter(|v| !v.is_null())
+                        .ok_or_else(|| {
+                            Err::Missing(format!("the field {f} is not in the request"))
+                        })?;
+                }
+                Ok(V::J(v))
+            }
+        }
+    }
+
+    fn str(&self, v: V<'a>) -> Result<Cow<'a, str>, Err> {
+        match v {
+            V::S(s) => Ok(s),
+            V::J(Value::String(s)) => Ok(Cow::Borrowed(s.as_str())),
+            other => Err(Err::Type(format!(
+                "expected a string, found {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn int(&self, v: V<'a>) -> Result<i64, Err> {
+        match v {
+            V::I(i) => Ok(i),
+            V::J(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| Err::Type(format!("{n} is not an integer"))),
+            other => Err(Err::Type(format!(
+                "expected a number, found {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn list(&self, v: V<'a>) -> Result<&'a [Value], Err> {
+        match v {
+            V::J(Value::Array(items)) => Ok(items.as_slice()),
+            other => Err(Err::Type(format!(
+                "expected a list, found {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn cmp(&self, op: CmpOp, l: V<'a>, r: V<'a>) -> Result<bool, Err> {
+        match op {
+            CmpOp::Eq => self.equal(l, r),
+            CmpOp::Ne => self.equal(l, r).map(|b| !b),
+            CmpOp::Lt => Ok(self.int(l)? < self.int(r)?),
+            CmpOp::Le => Ok(self.int(l)? <= self.int(r)?),
+            CmpOp::Gt => Ok(self.int(l)? > self.int(r)?),
+            CmpOp::Ge => Ok(self.int(l)? >= self.int(r)?),
+            CmpOp::In | CmpOp::NotIn => {
+                let items = self.list(r)?;
+                let mut found = false;
+                for item in items {
+                    self.step()?;
+                    if self.equal(l.clone(), V::J(item))? {
+                        found = true;
+                        break;
+                    }
+                }
+                Ok(found == (op == CmpOp::In))
+            }
+            CmpOp::StartsWith => Ok(self.str(l)?.starts_with(self.str(r)?.as_ref())),
+            CmpOp::EndsWith => Ok(self.str(l)?.ends_with(self.str(r)?.as_ref())),
+            CmpOp::Contains => Ok(self.str(l)?.contains(self.str(r)?.as_ref())),
+            CmpOp::Under => Err(Err::Type("`under` needs a list of domains".into())),
+        }
+    }
+
+    /// Typed equality: comparing values of different types is an error, not `false`.
+    fn equal(&self, l: V<'a>, r: V<'a>) -> Result<bool, Err> {
+        match (scalar(&l), scalar(&r)) {
+            (Scalar::Str(a), Scalar::Str(b)) => Ok(a == b),
+            (Scalar::Int(a), Scalar::Int(b)) => Ok(a == b),
+            (Scalar::Bool(a), Scalar::Bool(b)) => Ok(a == b),
+            (Scalar::Json(a), Scalar::Json(b))
+                if a.is_array() == b.is_array() && a.is_object() == b.is_object() =>
+            {
+                Ok(a == b)
+            }
+            _ => Err(Err::Type(format!(
+                "cannot compare {} with {}",
+                kind(&l),
+                kind(&r)
+            ))),
+        }
+    }
+
+    fn render(&self, t: &Template, rule: Option<&str>) -> String {
+        let mut out = String::new();
+        for p in &t.0 {
+            match p {
+                Piece::Text(s) => out.push_str(s),
+                Piece::Rule => out.push_str(rule.unwrap_or("default")),
+                Piece::Builtin(b) => {
+                    let s = match b {
+                        Builtin::Action => self.input.action.name.as_str(),
+                        Builtin::Agent => self.input.agent,
+                        Builtin::Method => self.input.action.method.as_str(),
+                        Builtin::Host => self.input.action.host.as_str(),
+                        Builtin::Path => self.input.action.path.as_str(),
+                        Builtin::Now | Builtin::Approved => "",
+                    };
+                    push_hole(&mut out, s);
+                }
+                Piece::Param(path) => match lookup(&self.input.action.params, path) {
+                    Some(v) => push_hole(&mut out, &show(v)),
+                    None => out.push_str("(none)"),
+                },
+            }
+        }
+        out
+    }
+}
+
+fn push_hole(out: &mut String, s: &str) {
+    if s.chars().count() <= MAX_HOLE_CHARS {
+        out.push_str(s);
+    } else {
+        out.extend(s.chars().take(MAX_HOLE_CHARS));
+        out.push('…');
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+enum Scalar<'v> {
+    Str(&'v str),
+    Int(i64),
+    Bool(bool),
+    Json(&'v Value),
+    Other,
+}
+
+fn scalar<'v>(v: &'v V<'_>) -> Scalar<'v> {
+    match v {
+        V::S(s) => Scalar::Str(s.as_ref()),
+        V::I(i) => Scalar::Int(*i),
+        V::B(b) => Scalar::Bool(*b),
+        V::J(Value::String(s)) => Scalar::Str(s.as_str()),
+        V::J(Value::Number(n)) => n.as_i64().map_or(Scalar::Other, Scalar::Int),
+        V::J(Value::Bool(b)) => Scalar::Bool(*b),
+        V::J(j @ (Value::Array(_) | Value::Object(_))) => Scalar::Json(j),
+        V::J(Value::Null) => Scalar::Other,
+    }
+}
+
+fn kind(v: &V<'_>) -> &'static str {
+    match v {
+        V::S(_) | V::J(Value::String(_)) => "a string",
+        V::I(_) | V::J(Value::Number(_)) => "a number",
+        V::B(_) | V::J(Value::Bool(_)) => "a bool",
+        V::J(Value::Array(_)) => "a list",
+        V::J(Value::Object(_)) => "a record",
+        V::J(Value::Null) => "null",
+    }
+}
+
+fn and(a: Tri, b: Tri) -> Tri {
+    match (a, b) {
+        (Tri::F, _) | (_, Tri::F) => Tri::F,
+        (Tri::U(m), _) | (_, Tri::U(m)) => Tri::U(m),
+        _ => Tri::T,
+    }
+}
+
+/// Whether the instant `ms` falls in the local window `[start, end)` (minutes after
+/// midnight, in `zone`); a window whose end is before its start runs past midnight and
+/// belongs to the day it starts on.
+fn within(
+    ms: i64,
+    weekdays: bool,
+    start: u16,
+    end: u16,
+    zone: &jiff::tz::TimeZone,
+) -> Result<bool, Err> {
+    let ts = jiff::Timestamp::from_millisecond(ms)
+        .map_err(|e| Err::Type(format!("the time is out of range: {e}")))?;
+    let local = ts.to_zoned(zone.clone());
+    let minute =
+        u16::try_from(i32::from(local.hour()) * 60 + i32::from(local.minute())).unwrap_or(0);
+    let day = local.weekday().to_monday_zero_offset();
+    let day_ok = |d: i8| !weekdays || d < 5;
+    Ok(if start < end {
+        minute >= start && minute < end && day_ok(day)
+    } else {
+        (minute >= start && day_ok(day)) || (minute < end && day_ok((day + 6) % 7))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(name: &str) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(name).unwrap()
+    }
+
+    fn ms(s: &str) -> i64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn windows_follow_local_time_across_dst() {
+        let london = zone("Europe/London");
+        // 08:00..19:00 weekdays. In winter London is UTC, in summer UTC+1.
+        let w = |t: &str| within(ms(t), true, 8 * 60, 19 * 60, &london).unwrap();
+        assert!(w("2026-01-05T08:00:00Z")); // Monday 08:00 GMT: start is inside
+        assert!(!w("2026-01-05T07:59:59Z"));
+        assert!(!w("2026-01-05T19:00:00Z")); // end is outside (half-open)
+        assert!(w("2026-07-06T07:00:00Z")); // Monday 08:00 BST
+        assert!(!w("2026-07-06T18:00:00Z")); // 19:00 BST
+        assert!(!w("2026-01-10T12:00:00Z")); // Saturday
+        // The Monday after the spring change (29 March 2026): 07:30 UTC is 08:30 BST.
+        assert!(w("2026-03-30T07:30:00Z"));
+        assert!(!w("2026-03-27T07:30:00Z")); // the Friday before: 07:30 GMT
+    }
+
+    #[test]
+    fn windows_across_midnight_belong_to_their_start_day() {
+        let utc = zone("UTC");
+        let w = |t: &str| within(ms(t), true, 22 * 60, 6 * 60, &utc).unwrap();
+        assert!(w("2026-01-09T23:00:00Z")); // Friday 23:00
+        assert!(w("2026-01-10T05:59:00Z")); // Saturday 05:59, from Friday's window
+        assert!(!w("2026-01-10T23:00:00Z")); // Saturday night: not a weekday window
+        assert!(!w("2026-01-12T05:00:00Z")); // Monday 05:00: Sunday's window, none
+        assert!(w("2026-01-13T05:00:00Z")); // Tuesday 05:00: Monday's window
+        let d = |t: &str| within(ms(t), false, 22 * 60, 6 * 60, &utc).unwrap();
+        assert!(d("2026-01-12T05:00:00Z"));
+        assert!(!d("2026-01-12T06:00:00Z"));
+    }
+
+    #[test]
+    fn three_valued_and() {
+        assert_eq!(and(Tri::U("x".into()), Tri::F), Tri::F);
+        assert_eq!(and(Tri::T, Tri::U("x".into())), Tri::U("x".into()));
+        assert_eq!(Tri::U("x".into()).not(), Tri::U("x".into()));
+    }
+}
