@@ -54,6 +54,15 @@ pub fn classify_raw(
     }
     let body = body(&headers, &raw[head_len..])?;
     let (authority, path) = split_target(target, &headers)?;
+    if Catalog::honours_method_override(&authority.host)
+        && crate::proxy::resumable::Uploads::upload_id(&path)
+            .map_err(|e| err(format!("the gate refuses this request (400): {e}")))?
+            .is_some()
+    {
+        return Err(err(
+            "this is a chunk of a resumable upload session (upload_id): the running gate decides it by its session, on the whole message when the upload completes; classify sees one request and cannot",
+        ));
+    }
     let actions = if config.intercept.contains(&authority.host) {
         catalog
             .inspect(
@@ -183,6 +192,9 @@ mod tests {
         assert_eq!(v["actions"][0]["name"], "net.connect");
         assert_eq!(v["decision"]["effect"], "block");
         assert!(run("GET / HTTP/1.1\r\n\r\n").is_err());
+        let chunk = run("PUT https://gmail.googleapis.com/upload/gmail/v1/users/me/messages/send?uploadType=resumable&upload_id=S1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nFrom:")
+            .unwrap_err();
+        assert!(chunk.to_string().contains("session"), "{chunk}");
         assert!(run("GET /x HTTP/1.1\r\nHost: api.github.com\r\n").is_err());
         assert!(
             run("GET /a/../b HTTP/1.1\r\nHost: api.github.com\r\n\r\n")

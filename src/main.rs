@@ -135,11 +135,18 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
         }
     };
     if report.ok {
-        println!("{}", report.text);
+        out(&report.text);
         Ok(())
     } else {
         Err(report.text)
     }
+}
+
+/// Prints a result on standard output; a reader that went away (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }
 
 fn dispatch(command: Command) -> Result<(), String> {
@@ -189,7 +196,7 @@ fn dispatch(command: Command) -> Result<(), String> {
             let report = agentgate::classify::classify_raw(&config, &catalog, &active, &raw)
                 .map_err(|e| e.to_string())?;
             let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-            println!("{text}");
+            out(&text);
             Ok(())
         }
         Command::Env { config, agent } => {
