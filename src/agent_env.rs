@@ -4,6 +4,9 @@ use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
+use crate::agents;
+use crate::config::Config;
+
 /// Variables that make common clients trust the bundle (system roots + the gate's CA).
 const CA_VARS: [&str; 5] = [
     "SSL_CERT_FILE",       // OpenSSL, Go, Rust (rustls-native-certs)
@@ -13,9 +16,83 @@ const CA_VARS: [&str; 5] = [
     "NODE_EXTRA_CA_CERTS", // Node.js
 ];
 
-/// The `export` lines for an agent, given where the gate listens and the bundle path.
-pub fn export_lines(proxy: SocketAddr, dashboard: SocketAddr, bundle: &Path) -> String {
-    let proxy_url = format!("http://{}", reachable(proxy));
+/// The environment variable `agentgate env --agent NAME` reads a configured agent's token from
+/// (the gate keeps only its SHA-256).
+pub const TOKEN_VAR: &str = "AGENTGATE_AGENT_TOKEN";
+
+/// The agent `agentgate env` puts in the proxy URL, and its token.
+///
+/// With no `[[agents]]` configured it is `default`, whose token the gate keeps in the data
+/// directory (created here if the gate has not run yet). A configured agent's token comes from
+/// `env_token` (the `AGENTGATE_AGENT_TOKEN` variable), checked against its SHA-256.
+pub fn credentials(
+    config: &Config,
+    agent: Option<&str>,
+    env_token: Option<String>,
+) -> Result<(String, String), String> {
+    if config.agents.is_empty() {
+        if let Some(name) = agent.filter(|n| *n != agents::DEFAULT_AGENT) {
+            return Err(format!(
+                "no agent {name:?} is configured; add it with `agentgate agent new {name}`, or run without --agent for the default agent"
+            ));
+        }
+        agents::Agents::load(&[], &config.data_dir).map_err(|e| e.to_string())?;
+        let token = agents::default_token(&config.data_dir)
+            .map_err(|e| e.to_string())?
+            .ok_or("the default agent's token is missing")?;
+        return Ok((agents::DEFAULT_AGENT.to_string(), token));
+    }
+    let names: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+    let principal = match agent {
+        Some(name) => config
+            .agents
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "no agent {name:?} is configured (agents: {})",
+                    names.join(", ")
+                )
+            })?,
+        None => match config.agents.as_slice() {
+            [only] => only,
+            _ => {
+                return Err(format!(
+                    "several agents are configured ({}); name one with --agent",
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    let token = env_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        format!(
+            "the gate keeps only the SHA-256 of {:?}'s token: set {TOKEN_VAR} to the token `agentgate agent new` printed",
+            principal.name
+        )
+    })?;
+    let presented = agents::sha256(&token);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &presented[..],
+        &principal.token_sha256[..],
+    )) {
+        return Err(format!(
+            "{TOKEN_VAR} is not {:?}'s token (its SHA-256 differs from the config's token_sha256)",
+            principal.name
+        ));
+    }
+    Ok((principal.name.clone(), token))
+}
+
+/// The `export` lines for an agent, given where the gate listens, the agent's credentials and
+/// the bundle path.
+pub fn export_lines(
+    proxy: SocketAddr,
+    dashboard: SocketAddr,
+    creds: Option<(&str, &str)>,
+    bundle: &Path,
+) -> String {
+    let userinfo = creds.map_or(String::new(), |(name, token)| format!("{name}:{token}@"));
+    let proxy_url = format!("http://{userinfo}{}", reachable(proxy));
     let mut out = String::new();
     for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
         let _ = writeln!(out, "export {var}={}", quote(&proxy_url));
@@ -59,10 +136,11 @@ mod tests {
         let out = export_lines(
             "0.0.0.0:8080".parse().unwrap(),
             "127.0.0.1:8081".parse().unwrap(),
+            Some(("coder", "agt_x")),
             Path::new("/x/it's/bundle.pem"),
         );
-        assert!(out.contains("export HTTPS_PROXY='http://127.0.0.1:8080'\n"));
-        assert!(out.contains("export http_proxy='http://127.0.0.1:8080'\n"));
+        assert!(out.contains("export HTTPS_PROXY='http://coder:agt_x@127.0.0.1:8080'\n"));
+        assert!(out.contains("export http_proxy='http://coder:agt_x@127.0.0.1:8080'\n"));
         assert!(out.contains("export NO_PROXY='127.0.0.1'\n"));
         for var in CA_VARS {
             assert!(

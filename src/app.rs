@@ -40,6 +40,8 @@ pub enum AppError {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(transparent)]
+    Agents(#[from] crate::agents::AgentsError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -133,6 +135,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         uploads: crate::proxy::resumable::Uploads::new(config.limits.max_body_bytes),
         drafts: Default::default(),
         decider,
+        agents: crate::agents::Agents::load(&config.agents, &config.data_dir)?,
         limits: config.limits.clone(),
         issuer: issuer.clone(),
         forwarder: Forwarder::new(upstream_tls, dialer),

@@ -14,11 +14,13 @@
 //! - [`policy_files`]: the policy directory: reading a set, hot reload.
 //! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
 //! - [`store`]: the data directory's sled database, opened once per process.
+//! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
 
 pub mod actions;
 pub mod agent_env;
+pub mod agents;
 pub mod app;
 pub mod classify;
 pub mod config;

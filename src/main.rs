@@ -45,10 +45,26 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Check, test and explain policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Print a fresh random token for agent NAME and the config lines to add.
+    New {
+        name: String,
+        /// The vault identity whose tokens the agent borrows.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -177,6 +193,13 @@ fn dispatch(command: Command) -> Result<(), String> {
             }
         },
         Command::Policy { command } => policy(command),
+        Command::Agent {
+            command: AgentCommand::New { name, user },
+        } => {
+            out(&agentgate::agents::new_agent_text(&name, user.as_deref())
+                .map_err(|e| e.to_string())?);
+            Ok(())
+        }
         Command::Classify { config } => {
             let config = load(config)?;
             let schema = agentgate::policy::schema::Schema::builtin();
@@ -200,20 +223,24 @@ fn dispatch(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Env { config, agent } => {
-            if let Some(name) = agent {
-                return Err(format!(
-                    "--agent {name}: agent credentials are not configured in this version; \
-                     run without --agent"
-                ));
-            }
             let config = load(config)?;
+            let (name, token) = agent_env::credentials(
+                &config,
+                agent.as_deref(),
+                std::env::var(agent_env::TOKEN_VAR).ok(),
+            )?;
             let (ca, _) = tls::ca::ensure(&config.certs_dir).map_err(|e| e.to_string())?;
             let bundle =
                 tls::ca::write_bundle(&config.certs_dir, &ca).map_err(|e| e.to_string())?;
             let bundle = std::path::absolute(&bundle).unwrap_or(bundle);
             print!(
                 "{}",
-                agent_env::export_lines(config.proxy_listen, config.dashboard_listen, &bundle)
+                agent_env::export_lines(
+                    config.proxy_listen,
+                    config.dashboard_listen,
+                    Some((&name, &token)),
+                    &bundle
+                )
             );
             Ok(())
         }

@@ -639,7 +639,7 @@ async fn the_gate_refuses_to_proxy_to_itself() {
     let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
     let raw = exchange(
         &mut s,
-        format!("GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\n\r\n", gate.addr()).as_bytes(),
+        &authed(format!("GET http://{0}/ HTTP/1.1\r\nHost: {0}\r\n\r\n", gate.addr()).as_bytes()),
         Duration::from_millis(500),
     )
     .await;
@@ -671,7 +671,7 @@ async fn a_header_block_over_the_size_limit_is_refused() {
     let raw = format!(
         "GET http://api.github.com/ HTTP/1.1\r\nHost: api.github.com\r\nx-big: {big}\r\n\r\n"
     );
-    let resp = exchange(&mut s, raw.as_bytes(), Duration::from_secs(2)).await;
+    let resp = exchange(&mut s, &authed(raw.as_bytes()), Duration::from_secs(2)).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     let cfg = client_tls(gate.ca_der(), H1);
     let mut tls = tls_through(gate.addr(), "api.github.com:443", "api.github.com", cfg)
@@ -733,7 +733,7 @@ async fn malformed_requests_get_400_and_the_gate_keeps_serving() {
     ];
     for raw in cases {
         let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
-        let resp = exchange(&mut s, raw, Duration::from_millis(300)).await;
+        let resp = exchange(&mut s, &authed(raw), Duration::from_millis(300)).await;
         assert!(
             resp.starts_with("HTTP/1.1 400"),
             "{:?} -> {resp:?}",
@@ -973,7 +973,7 @@ async fn slow_headers_and_idle_connections_are_closed() {
     let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(
         &mut s,
-        b"GET http://api.github.com/two HTTP/1.1\r\nHost: api.github.com\r\n\r\n",
+        &authed(b"GET http://api.github.com/two HTTP/1.1\r\nHost: api.github.com\r\n\r\n"),
     )
     .await
     .unwrap();
@@ -1016,8 +1016,11 @@ async fn a_quiet_keep_alive_connection_outlives_the_header_timeout() {
     for i in 0..3 {
         let req = format!("GET /k{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
         get_ok(&mut tls, &req, &format!("ok GET /k{i}")).await;
-        let req =
-            format!("GET http://api.github.com/p{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n");
+        let req = String::from_utf8(authed(
+            format!("GET http://api.github.com/p{i} HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+                .as_bytes(),
+        ))
+        .unwrap();
         get_ok(&mut s, &req, &format!("ok GET /p{i}")).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     }

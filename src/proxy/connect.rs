@@ -10,12 +10,17 @@ use super::respond::{self, Refusal, RequestId};
 use super::{ProxyState, RespBody, intercept, tunnel};
 use crate::actions::Action;
 use crate::actions::host::Authority;
+use crate::agents::Agent;
 use crate::policy::{Decision, Effect};
 
 /// Answers one CONNECT request; the tunnel itself runs in a task of its own.
-pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<RespBody> {
+pub async fn handle(
+    state: Arc<ProxyState>,
+    agent: Arc<Agent>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
     let rid = RequestId::new();
-    match open(&state, &mut req).await {
+    match open(&state, agent, &mut req).await {
         Ok(()) => respond::connect_established(),
         Err(refusal) => {
             tracing::info!(request_id = %rid, uri = %req.uri(), ?refusal, "CONNECT refused");
@@ -24,7 +29,11 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
     }
 }
 
-async fn open(state: &Arc<ProxyState>, req: &mut Request<Incoming>) -> Result<(), Refusal> {
+async fn open(
+    state: &Arc<ProxyState>,
+    agent: Arc<Agent>,
+    req: &mut Request<Incoming>,
+) -> Result<(), Refusal> {
     let target = connect_target(req)?;
     if state.is_own_address(&target) {
         return Err(own_address(&target));
@@ -34,7 +43,7 @@ async fn open(state: &Arc<ProxyState>, req: &mut Request<Incoming>) -> Result<()
         let state = state.clone();
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(io) => intercept::serve(state, io, target).await,
+                Ok(io) => intercept::serve(state, io, target, agent).await,
                 Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
             }
         });
@@ -42,7 +51,7 @@ async fn open(state: &Arc<ProxyState>, req: &mut Request<Incoming>) -> Result<()
     }
     let decision = state.decider.admit(
         &[Action::net_connect(&target)],
-        "",
+        &agent.name,
         crate::decider::now_ms(),
     );
     if decision.effect != Effect::Allow {

@@ -12,9 +12,10 @@ use super::activity::{Activity, Tracked};
 use super::pipeline::{self, Origin};
 use super::{ProxyState, serve_until_idle};
 use crate::actions::host::{Authority, canonical_host};
+use crate::agents::Agent;
 
 /// Serves one intercepted tunnel until the agent closes it or it idles out.
-pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority) {
+pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority, agent: Arc<Agent>) {
     let handshake_timeout = state.limits.header_read_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(io));
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
@@ -40,6 +41,7 @@ pub async fn serve(state: Arc<ProxyState>, io: Upgraded, target: Authority) {
         scheme: "https",
         target,
         misdirected,
+        agent,
     });
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(tls, activity.clone()));

@@ -19,6 +19,7 @@ use super::pipeline::{self, Origin};
 use super::respond::{self, Refusal, RequestId};
 use super::{ProxyState, RespBody, connect};
 use crate::actions::host::Authority;
+use crate::agents::Agent;
 
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
@@ -109,17 +110,31 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<ProxyState
 
 /// One request on the proxy port: CONNECT, or an absolute-form plain-HTTP request.
 async fn proxy_request(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<RespBody> {
+    let agent = match state
+        .agents
+        .authenticate(req.headers().get(http::header::PROXY_AUTHORIZATION))
+    {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::info!(uri = %req.uri(), "proxy credentials refused: {e}");
+            return respond::refusal(&Refusal::ProxyAuth(e.to_string()), &RequestId::new());
+        }
+    };
     if req.method() == Method::CONNECT {
-        return connect::handle(state, req).await;
+        return connect::handle(state, agent, req).await;
     }
-    match plain_origin(&state, &req) {
+    match plain_origin(&state, agent, &req) {
         Ok(origin) => pipeline::handle(state, Arc::new(origin), req).await,
         Err(refusal) => respond::refusal(&refusal, &RequestId::new()),
     }
 }
 
 /// The origin of a plain-HTTP proxy request, from its absolute-form URI.
-fn plain_origin(state: &ProxyState, req: &Request<Incoming>) -> Result<Origin, Refusal> {
+fn plain_origin(
+    state: &ProxyState,
+    agent: Arc<Agent>,
+    req: &Request<Incoming>,
+) -> Result<Origin, Refusal> {
     let uri = req.uri();
     let (scheme, default_port) = match uri.scheme_str() {
         Some("http") => ("http", 80),
@@ -150,5 +165,6 @@ fn plain_origin(state: &ProxyState, req: &Request<Incoming>) -> Result<Origin, R
         scheme,
         target,
         misdirected: None,
+        agent,
     })
 }

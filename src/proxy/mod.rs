@@ -37,6 +37,8 @@ pub struct ProxyState {
     pub drafts: drafts::Drafts,
     /// Gmail resumable upload sessions in progress.
     pub uploads: resumable::Uploads,
+    /// The agents the proxy credentials are checked against.
+    pub agents: crate::agents::Agents,
     /// The active policy and the counters: every decision comes from here.
     pub decider: Arc<Decider>,
     pub limits: Limits,

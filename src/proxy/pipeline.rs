@@ -18,6 +18,7 @@ use super::{ProxyState, RespBody};
 use crate::actions::catalog::Catalog;
 use crate::actions::host::Authority;
 use crate::actions::{Action, ClassifyError, canonical};
+use crate::agents::Agent;
 use crate::policy::Effect;
 
 /// How long, and how much, the gate keeps reading a refused oversized body so that the client
@@ -33,6 +34,8 @@ pub struct Origin {
     pub target: Authority,
     /// Set when the TLS handshake named another host (SNI): every request is refused.
     pub misdirected: Option<String>,
+    /// The agent the proxy credentials named (for a tunnel, on its CONNECT).
+    pub agent: Arc<Agent>,
 }
 
 impl Origin {
@@ -70,6 +73,7 @@ async fn run(
     if let Some(why) = &origin.misdirected {
         return Err(Refusal::Misdirected(why.clone()));
     }
+    let agent = origin.agent.name.as_str();
     check_target(origin, &req)?;
     check_headers(&state.limits, req.headers())?;
     let (mut parts, body) = req.into_parts();
@@ -77,9 +81,11 @@ async fn run(
     let mut body = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
     let mut actions = classify(state, origin, &mut parts, &mut body, &path)?;
     for action in &mut actions {
-        state.drafts.complete_send("", action);
+        state.drafts.complete_send(agent, action);
     }
-    let mut decision = state.decider.admit(&actions, "", crate::decider::now_ms());
+    let mut decision = state
+        .decider
+        .admit(&actions, agent, crate::decider::now_ms());
     match decision.effect {
         Effect::Allow => {}
         Effect::Block => return Err(Refusal::Blocked(decision)),
@@ -108,11 +114,11 @@ async fn run(
         if resp.status().is_success() {
             state
                 .uploads
-                .started("", &action, &request_headers, resp.headers());
+                .started(agent, &action, &request_headers, resp.headers());
         }
     }
     if let Some(action) = draft_write {
-        return Ok(downstream(state.drafts.written("", &action, resp).await));
+        return Ok(downstream(state.drafts.written(agent, &action, resp).await));
     }
     Ok(downstream(resp.map(BodyExt::boxed)))
 }
@@ -144,7 +150,13 @@ fn classify(
             }
             let mut action = state
                 .uploads
-                .chunk("", &id, parts.method.as_str(), &parts.headers, body)
+                .chunk(
+                    &origin.agent.name,
+                    &id,
+                    parts.method.as_str(),
+                    &parts.headers,
+                    body,
+                )
                 .map_err(bad)?;
             action.host = host.to_string();
             action.method = parts.method.to_string();

@@ -22,6 +22,8 @@ pub const REQUEST_ID_HEADER: &str = "agentgate-request-id";
 pub enum Refusal {
     /// The policy blocked the action, or asked for a step-up the gate cannot hold yet (403).
     Blocked(Decision),
+    /// No or wrong proxy credentials (407).
+    ProxyAuth(String),
     /// Malformed or ambiguous request (400); nothing forwarded.
     BadRequest(String),
     /// The request names another host than the tunnel it came through (421).
@@ -40,6 +42,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::Blocked(_) => StatusCode::FORBIDDEN,
+            Refusal::ProxyAuth(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,6 +56,7 @@ impl Refusal {
     fn code(&self) -> Option<&'static str> {
         match self {
             Refusal::Blocked(_) => None,
+            Refusal::ProxyAuth(_) => Some("proxy_auth_required"),
             Refusal::BadRequest(_) => Some("bad_request"),
             Refusal::Misdirected(_) => Some("misdirected_request"),
             Refusal::TooLarge { .. } => Some("body_too_large"),
@@ -69,6 +73,7 @@ impl Refusal {
                 "the request body is over the gate's inspection limit of {limit} bytes; nothing was forwarded"
             ),
             Refusal::BadRequest(r)
+            | Refusal::ProxyAuth(r)
             | Refusal::Misdirected(r)
             | Refusal::HeadersTooLarge(r)
             | Refusal::Upstream(r)
@@ -119,6 +124,12 @@ pub fn refusal(r: &Refusal, request_id: &RequestId) -> Response<RespBody> {
     h.insert(DECISION_HEADER, HeaderValue::from_static(decision));
     if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
         h.insert(REQUEST_ID_HEADER, v);
+    }
+    if matches!(r, Refusal::ProxyAuth(_)) {
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"agentgate\""),
+        );
     }
     if r.closes() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -323,6 +323,11 @@ impl TestGate {
             .iter()
             .map(|(h, a)| (h.to_string(), a.to_string()))
             .collect::<BTreeMap<_, _>>();
+        config.agents = vec![agentgate::config::Principal {
+            name: TEST_AGENT.into(),
+            token_sha256: agentgate::agents::sha256(TEST_TOKEN),
+            user: None,
+        }];
         std::fs::create_dir_all(&config.policies_dir).unwrap();
         TestGate::policy(&mut config, "base", BASE_POLICY);
         edit(&mut config);
@@ -342,8 +347,9 @@ impl TestGate {
         TestGate { gate, dir, config }
     }
 
+    /// The proxy URL with the test agent's credentials.
     pub fn proxy_url(&self) -> String {
-        format!("http://{}", self.gate.proxy_addr)
+        format!("http://{TEST_AGENT}:{TEST_TOKEN}@{}", self.gate.proxy_addr)
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
@@ -423,11 +429,53 @@ impl TestGate {
     }
 }
 
-/// Sends `CONNECT target` on a fresh connection and returns the stream and the response head.
+/// The agent every test gate knows, and its proxy token.
+pub const TEST_AGENT: &str = "test-agent";
+pub const TEST_TOKEN: &str = "agt_test-agent-token";
+
+/// The `Proxy-Authorization` value for `name:token`.
+pub fn proxy_auth(name: &str, token: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{token}"))
+    )
+}
+
+/// A raw request to the proxy port with the test agent's credentials added after its
+/// request line.
+pub fn authed(raw: &[u8]) -> Vec<u8> {
+    let Some(i) = raw.windows(2).position(|w| w == b"\r\n") else {
+        return raw.to_vec();
+    };
+    let mut out = raw[..i + 2].to_vec();
+    out.extend_from_slice(
+        format!(
+            "Proxy-Authorization: {}\r\n",
+            proxy_auth(TEST_AGENT, TEST_TOKEN)
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&raw[i + 2..]);
+    out
+}
+
+/// Sends `CONNECT target` (as the test agent) on a fresh connection and returns the stream and
+/// the response head.
 pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
+    connect_with(proxy, target, Some(&proxy_auth(TEST_AGENT, TEST_TOKEN))).await
+}
+
+/// Sends `CONNECT target` with the given `Proxy-Authorization` (or none).
+pub async fn connect_with(
+    proxy: SocketAddr,
+    target: &str,
+    auth: Option<&str>,
+) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.set_nodelay(true).unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+    let auth = auth.map_or(String::new(), |a| format!("Proxy-Authorization: {a}\r\n"));
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let head = read_head(&mut s).await;
