@@ -270,7 +270,20 @@ fn decode_one(coding: &str, data: &[u8], limit: u64) -> Result<Vec<u8>, Classify
 
 /// Parses JSON strictly: duplicate keys (at any depth) and nesting past 64 levels are refused;
 /// comments and trailing data are already refused by the parser.
+///
+/// A direct parser handles the common case; whatever it does not accept (an error, or a form
+/// it leaves alone, such as a lone surrogate escape) goes to serde_json with the strict
+/// visitor, which gives the verdict and the error message. The direct parser accepts only
+/// what serde_json accepts, with the same value (the unit tests compare them).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ClassifyError> {
+    match fast_json::parse(bytes) {
+        Some(value) => Ok(value),
+        None => parse_json_serde(bytes),
+    }
+}
+
+/// [`parse_json`] through serde_json alone.
+fn parse_json_serde(bytes: &[u8]) -> Result<Value, ClassifyError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde::de::DeserializeSeed::deserialize(StrictSeed(0), &mut de)
         .map_err(|e| bad(format!("the JSON body is refused: {e}")))?;
@@ -349,6 +362,307 @@ impl StrictVisitor {
             return Err(E::custom("nesting too deep"));
         }
         Ok(self.0 + 1)
+    }
+}
+
+/// A strict JSON parser into `serde_json::Value` that gives up (`None`) rather than report
+/// an error: the caller then asks serde_json. Numbers other than small integers are handed
+/// to serde_json one token at a time, so their values are serde_json's own.
+mod fast_json {
+    use serde_json::{Map, Value};
+
+    use super::MAX_JSON_DEPTH;
+
+    pub fn parse(bytes: &[u8]) -> Option<Value> {
+        // JSON that serde_json accepts is UTF-8 throughout (only strings may hold non-ASCII
+        // bytes, and it checks them), so one check up front covers every string.
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut p = Parser {
+            text,
+            b: bytes,
+            i: 0,
+        };
+        let v = p.value(0)?;
+        p.ws();
+        (p.i == bytes.len()).then_some(v)
+    }
+
+    struct Parser<'a> {
+        text: &'a str,
+        /// `text` as bytes.
+        b: &'a [u8],
+        i: usize,
+    }
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+                self.i += 1;
+            }
+        }
+
+        /// A value at nesting `depth` (the strict visitor's count: the top level is 0).
+        fn value(&mut self, depth: usize) -> Option<Value> {
+            self.ws();
+            match self.peek()? {
+                b'{' => self.object(depth),
+                b'[' => self.array(depth),
+                b'"' => self.string().map(Value::String),
+                b't' => self.literal(b"true", Value::Bool(true)),
+                b'f' => self.literal(b"false", Value::Bool(false)),
+                b'n' => self.literal(b"null", Value::Null),
+                b'-' | b'0'..=b'9' => self.number(),
+                _ => None,
+            }
+        }
+
+        fn literal(&mut self, word: &[u8], v: Value) -> Option<Value> {
+            let end = self.i + word.len();
+            (self.b.get(self.i..end)? == word).then(|| {
+                self.i = end;
+                v
+            })
+        }
+
+        fn object(&mut self, depth: usize) -> Option<Value> {
+            if depth >= MAX_JSON_DEPTH {
+                return None;
+            }
+            self.i += 1;
+            let mut map = Map::new();
+            self.ws();
+            if self.peek()? == b'}' {
+                self.i += 1;
+                return Some(Value::Object(map));
+            }
+            loop {
+                self.ws();
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                let key = self.string()?;
+                self.ws();
+                if self.peek()? != b':' {
+                    return None;
+                }
+                self.i += 1;
+                let v = self.value(depth + 1)?;
+                match map.entry(key) {
+                    serde_json::map::Entry::Occupied(_) => return None,
+                    serde_json::map::Entry::Vacant(e) => {
+                        e.insert(v);
+                    }
+                }
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        return Some(Value::Object(map));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn array(&mut self, depth: usize) -> Option<Value> {
+            if depth >= MAX_JSON_DEPTH {
+                return None;
+            }
+            self.i += 1;
+            let mut out = Vec::new();
+            self.ws();
+            if self.peek()? == b']' {
+                self.i += 1;
+                return Some(Value::Array(out));
+            }
+            loop {
+                out.push(self.value(depth + 1)?);
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        return Some(Value::Array(out));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// The index of the first `"`, `\\` or control byte at or after `from`.
+        fn special(&self, from: usize) -> Option<usize> {
+            let rest = self.b.get(from..)?;
+            let mut chunks = rest.chunks_exact(8);
+            let mut at = from;
+            for chunk in &mut chunks {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                let v = u64::from_le_bytes(word);
+                let quote = v ^ (ONES * u64::from(b'"'));
+                let backslash = v ^ (ONES * u64::from(b'\\'));
+                // A byte is flagged when it is zero (`x - 1` borrows) or below 0x20; the lowest
+                // flagged byte is exact, which is the only one used.
+                let hit = (quote.wrapping_sub(ONES) & !quote
+                    | backslash.wrapping_sub(ONES) & !backslash
+                    | v.wrapping_sub(ONES * 0x20) & !v)
+                    & HIGH;
+                if hit != 0 {
+                    return Some(at + (hit.trailing_zeros() / 8) as usize);
+                }
+                at += 8;
+            }
+            chunks
+                .remainder()
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .map(|p| at + p)
+        }
+
+        /// A string; `self.i` is at its opening quote.
+        fn string(&mut self) -> Option<String> {
+            let start = self.i + 1;
+            let mut at = self.special(start)?;
+            if self.b.get(at) == Some(&b'"') {
+                self.i = at + 1;
+                return self.text.get(start..at).map(str::to_owned);
+            }
+            // Escapes only shorten the text: find the closing quote for the capacity.
+            let mut end = at;
+            loop {
+                match self.b.get(end)? {
+                    b'"' => break,
+                    b'\\' => end = self.special(end + 2)?,
+                    _ => return None,
+                }
+            }
+            let mut out = String::with_capacity(end - start);
+            out.push_str(self.text.get(start..at)?);
+            loop {
+                match self.b.get(at)? {
+                    b'"' => {
+                        self.i = at + 1;
+                        return Some(out);
+                    }
+                    b'\\' => at = self.escape(at + 1, &mut out)?,
+                    _ => return None,
+                }
+                let next = self.special(at)?;
+                out.push_str(self.text.get(at..next)?);
+                at = next;
+            }
+        }
+
+        /// Decodes the escape whose letter is at `at` into `out`; returns the index after it.
+        fn escape(&self, at: usize, out: &mut String) -> Option<usize> {
+            let c = match self.b.get(at)? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let unit = self.hex4(at + 1)?;
+                    let (c, next) = match unit {
+                        0xd800..=0xdbff => {
+                            if self.b.get(at + 5..at + 7)? != b"\\u" {
+                                return None;
+                            }
+                            let low = self.hex4(at + 7)?;
+                            if !(0xdc00..=0xdfff).contains(&low) {
+                                return None;
+                            }
+                            let c = 0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00);
+                            (char::from_u32(c)?, at + 11)
+                        }
+                        0xdc00..=0xdfff => return None,
+                        _ => (char::from_u32(unit)?, at + 5),
+                    };
+                    out.push(c);
+                    return Some(next);
+                }
+                _ => return None,
+            };
+            out.push(c);
+            Some(at + 1)
+        }
+
+        fn hex4(&self, at: usize) -> Option<u32> {
+            let mut n = 0;
+            for &c in self.b.get(at..at + 4)? {
+                n = n * 16 + char::from(c).to_digit(16)?;
+            }
+            Some(n)
+        }
+
+        /// A number: integers of up to 18 digits directly, anything else (fractions,
+        /// exponents, longer integers, `-0`) through serde_json on the token alone.
+        fn number(&mut self) -> Option<Value> {
+            let start = self.i;
+            let mut i = start;
+            let negative = self.b.get(i) == Some(&b'-');
+            if negative {
+                i += 1;
+            }
+            let digits_start = i;
+            match self.b.get(i)? {
+                b'0' => i += 1,
+                b'1'..=b'9' => {
+                    while let Some(b'0'..=b'9') = self.b.get(i) {
+                        i += 1;
+                    }
+                }
+                _ => return None,
+            }
+            let digits_end = i;
+            let mut integer = true;
+            if self.b.get(i) == Some(&b'.') {
+                integer = false;
+                i += 1;
+                if !self.b.get(i)?.is_ascii_digit() {
+                    return None;
+                }
+                while let Some(b'0'..=b'9') = self.b.get(i) {
+                    i += 1;
+                }
+            }
+            if let Some(b'e' | b'E') = self.b.get(i) {
+                integer = false;
+                i += 1;
+                if let Some(b'+' | b'-') = self.b.get(i) {
+                    i += 1;
+                }
+                if !self.b.get(i)?.is_ascii_digit() {
+                    return None;
+                }
+                while let Some(b'0'..=b'9') = self.b.get(i) {
+                    i += 1;
+                }
+            }
+            self.i = i;
+            let digits = self.b.get(digits_start..digits_end)?;
+            if integer && digits.len() <= 18 {
+                let n = digits
+                    .iter()
+                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+                match (negative, i64::try_from(n)) {
+                    (false, _) => return Some(Value::from(n)),
+                    (true, Ok(n)) if n != 0 => return Some(Value::from(-n)),
+                    _ => {}
+                }
+            }
+            super::parse_json_serde(self.b.get(start..i)?).ok()
+        }
     }
 }
 
@@ -493,5 +807,239 @@ mod tests {
         assert!(parse_json(b"{\"a\":1 /* c */}").is_err());
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(parse_json(deep.as_bytes()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fast_json_tests {
+    use super::*;
+
+    /// Whenever the direct parser accepts, serde_json accepts the same value (compared as
+    /// values and as serialised text, so `-0.0` and `0` differ).
+    fn agree(input: &[u8]) -> bool {
+        let fast = fast_json::parse(input);
+        let serde = parse_json_serde(input);
+        if let Some(v) = &fast {
+            let s = serde.as_ref().unwrap_or_else(|e| {
+                panic!("{:?}: accepted directly, serde_json says {e}", show(input))
+            });
+            assert_eq!(v, s, "{:?}", show(input));
+            assert_eq!(v.to_string(), s.to_string(), "{:?}", show(input));
+        }
+        assert_eq!(parse_json(input).ok(), serde.ok(), "{:?}", show(input));
+        fast.is_some()
+    }
+
+    fn show(input: &[u8]) -> String {
+        String::from_utf8_lossy(input).into_owned()
+    }
+
+    #[test]
+    fn accepted_forms_match_serde_json() {
+        for ok in [
+            r#"{"title":"Found a bug","body":"a\nb\t\"q\" \\ \/ \b\f\r","labels":["bug"]}"#,
+            r#"  {"a" : [ 1 , -2 , 0 , 18446744073709551615 , 123456789012345678 ] }  "#,
+            r#"{"u":"\u00e9\u4e2d\uD83D\uDE00\u0000\u001f x","raw":"é中😀"}"#,
+            r#"[true,false,null,{},[],"",{"":""}]"#,
+            r#"{"n":-9223372036854775808,"m":-9223372036854775809,"f":1.5,"e":1e3,"z":-0}"#,
+            r#"{"f":-0.0,"g":2.5E-3,"h":1E+2,"i":0.1,"big":123456789012345678901234567890}"#,
+            "\"\u{7f}\"",
+            "5",
+            "\r\n\t[]\n",
+        ] {
+            agree(ok.as_bytes());
+            assert!(parse_json(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        assert!(agree(br#"{"a":{"b":[1,"x\ny"]},"c":-3}"#));
+        let nested = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(agree(nested.as_bytes()), "64 levels are allowed");
+        let long = format!("{{\"raw\":\"{}\"}}", "AbC-_09".repeat(10_000));
+        assert!(agree(long.as_bytes()));
+    }
+
+    #[test]
+    fn refused_forms_are_refused() {
+        for bad in [
+            "",
+            " ",
+            "{",
+            "}",
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":{"b":1,"b":1}}"#,
+            r#"[{"k":1,"k":1}]"#,
+            r#"{"a":1,}"#,
+            "[1,]",
+            "[1 2]",
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "+1",
+            "1.5.3",
+            "tru",
+            "truex",
+            "nul",
+            "\"abc",
+            "\"a\u{1}b\"",
+            "\"tab\there\"",
+            r#""\x""#,
+            r#""\u12""#,
+            r#""\u12G4""#,
+            r#""\uD83D""#,
+            r#""\uD83Dx""#,
+            r#""\uD83D\u0041""#,
+            r#""\uDE00""#,
+            "1e400",
+            "-1e400",
+            "{} {}",
+            "[] x",
+            "/* c */ 1",
+            "\u{feff}{}",
+            "NaN",
+            "Infinity",
+        ] {
+            agree(bad.as_bytes());
+            assert!(parse_json(bad.as_bytes()).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_json(b"\"\xff\"").is_err());
+        assert!(parse_json(b"\"\xe2\x9c\"").is_err());
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(
+            parse_json(deep.as_bytes()).is_err(),
+            "65 levels are refused"
+        );
+    }
+
+    /// A small deterministic generator (xorshift), so the test needs no extra crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    const WS: [&str; 6] = ["", "", "", " ", "\n\t", "\r\n  "];
+    const STRINGS: [&str; 16] = [
+        "",
+        "a",
+        "title",
+        "Seen 3 times\\nSteps: run",
+        "\\\"q\\\" \\\\ \\/",
+        "\\u00e9\\u4E2D",
+        "\\uD83D\\uDE00",
+        "\\uD83D",
+        "\\uDE00x",
+        "\\u0000",
+        "é中😀",
+        "\\b\\f\\r\\t",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "tab\there",
+        "\\x",
+        "\u{7f}\u{80}",
+    ];
+    const NUMBERS: [&str; 16] = [
+        "0",
+        "-0",
+        "7",
+        "-7",
+        "42",
+        "123456789012345678",
+        "1234567890123456789",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.5",
+        "-0.0",
+        "2e10",
+        "1E-5",
+        "1e400",
+        "0.30000000000000004",
+    ];
+    const KEYS: [&str; 5] = ["a", "b", "title", "labels", "\\u0061"];
+
+    fn gen_value(r: &mut Rng, out: &mut String, depth: usize) {
+        out.push_str(r.pick(&WS));
+        match r.below(if depth > 4 { 4 } else { 6 }) {
+            0 => {
+                out.push('"');
+                out.push_str(r.pick(&STRINGS));
+                out.push('"');
+            }
+            1 => out.push_str(r.pick(&NUMBERS)),
+            2 => out.push_str(r.pick(&["true", "false", "null"])),
+            3 => out.push_str(r.pick(&NUMBERS)),
+            4 => {
+                out.push('[');
+                let n = r.below(4);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    gen_value(r, out, depth + 1);
+                }
+                out.push_str(r.pick(&WS));
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                let n = r.below(4);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(r.pick(&WS));
+                    out.push('"');
+                    out.push_str(r.pick(&KEYS));
+                    out.push('"');
+                    out.push_str(r.pick(&WS));
+                    out.push(':');
+                    gen_value(r, out, depth + 1);
+                }
+                out.push_str(r.pick(&WS));
+                out.push('}');
+            }
+        }
+        out.push_str(r.pick(&WS));
+    }
+
+    #[test]
+    fn generated_and_mutated_documents_agree_with_serde_json() {
+        const NOISE: &[u8] = b"{}[]\",:\\ u0e.-+Ed\x01\x7f\xc3\xa9\xff";
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut fast) = (0, 0);
+        for _ in 0..40_000 {
+            let mut doc = String::new();
+            gen_value(&mut r, &mut doc, 0);
+            let mut bytes = doc.into_bytes();
+            for _ in 0..r.below(3) {
+                let at = r.below(bytes.len() + 1);
+                let noise = NOISE[r.below(NOISE.len())];
+                match r.below(3) {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 if at < bytes.len() => bytes[at] = noise,
+                    _ => bytes.insert(at, noise),
+                }
+            }
+            fast += usize::from(agree(&bytes));
+            accepted += usize::from(parse_json(&bytes).is_ok());
+        }
+        // Both sides are exercised: most valid documents take the direct path.
+        assert!(accepted > 10_000 && fast > 8_000, "{accepted} {fast}");
     }
 }

@@ -228,30 +228,52 @@ fn route_params(
         && !req.body.is_empty()
     {
         let body = canonical::parse_json(req.body)?;
-        if let Value::Object(fields) = body {
+        if let Value::Object(mut fields) = body {
             // A Gmail message travels in `raw` (or a draft's `message.raw`); the message
             // params describe it, so the base64 text is not copied into params.
             let carries_message = route.action.starts_with("gmail.");
-            for (name, v) in fields {
-                let described = route
+            fields.retain(|name, _| {
+                route
                     .params
                     .iter()
-                    .any(|p| p.loc == Loc::Body && p.name == name);
-                if !described || (carries_message && matches!(name.as_str(), "raw" | "message")) {
-                    continue;
-                }
-                // A body field named like a path parameter (a variable's new `name`, a draft's
-                // `id`) keeps its value under `body_<name>`.
-                let key = if params.contains_key(&name) {
-                    format!("body_{name}")
-                } else {
-                    name
-                };
-                params.insert(key, v);
-            }
+                    .any(|p| p.loc == Loc::Body && p.name == name)
+                    && !(carries_message && matches!(name.as_str(), "raw" | "message"))
+            });
+            params = merge_body(params, fields);
         }
     }
     Ok(params)
+}
+
+/// The path and query `params` with the described body `fields` added: each under its own
+/// name, or under `body_<name>` when a path or query param (a variable's new `name`, a
+/// draft's `id`) already has that name.
+fn merge_body(
+    mut params: Map<String, Value>,
+    mut fields: Map<String, Value>,
+) -> Map<String, Value> {
+    let prefixed = |m: &Map<String, Value>| m.keys().any(|k| k.starts_with("body_"));
+    if prefixed(&params) || prefixed(&fields) {
+        // The rule as stated, one field at a time (a renamed field could meet another).
+        for (name, v) in fields {
+            let key = if params.contains_key(&name) {
+                format!("body_{name}")
+            } else {
+                name
+            };
+            params.insert(key, v);
+        }
+        return params;
+    }
+    // With no `body_` names about, no renamed field meets another, and the same result comes
+    // from moving the few path and query params into the body's map.
+    for (name, v) in params {
+        if let Some(clash) = fields.remove(&name) {
+            fields.insert(format!("body_{name}"), clash);
+        }
+        fields.insert(name, v);
+    }
+    fields
 }
 
 fn ty_of(route: &Route, name: &str, loc: Loc) -> Ty {
@@ -337,6 +359,51 @@ mod tests {
             repo.make_ascii_lowercase();
             repo.insert(0, '/');
             repo.insert_str(0, &owner);
+        }
+    }
+
+    /// `merge_body` as the rule reads: path and query params first, then each body field in
+    /// key order, renamed when its name is taken.
+    fn merge_body_reference(
+        mut params: Map<String, Value>,
+        fields: Map<String, Value>,
+    ) -> Map<String, Value> {
+        for (name, v) in fields {
+            let key = if params.contains_key(&name) {
+                format!("body_{name}")
+            } else {
+                name
+            };
+            params.insert(key, v);
+        }
+        params
+    }
+
+    #[test]
+    fn merge_body_matches_the_reference() {
+        let names = [
+            "id",
+            "name",
+            "body_id",
+            "body_name",
+            "title",
+            "body_body_id",
+        ];
+        // Every pair of subsets of six names (params and fields), values telling them apart.
+        for pm in 0u32..64 {
+            for fm in 0u32..64 {
+                let pick = |mask: u32, side: &str| -> Map<String, Value> {
+                    names
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| mask & (1 << i) != 0)
+                        .map(|(_, n)| (n.to_string(), json!(format!("{side}:{n}"))))
+                        .collect()
+                };
+                let (p, f) = (pick(pm, "param"), pick(fm, "field"));
+                let want = merge_body_reference(p.clone(), f.clone());
+                assert_eq!(merge_body(p, f), want, "{pm:06b} {fm:06b}");
+            }
         }
     }
 
