@@ -130,10 +130,90 @@ struct RawPrincipal {
     user: Option<String>,
 }
 
+/// `[vault]`: where the real tokens come from. Every key is optional; the default is the `env`
+/// backend. A key that belongs to a backend other than the chosen one is an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVault {
+    /// `backend = "env" | "file" | "command" | "auth0"` (default `env`). `env` reads the token
+    /// for provider `github` from `AGENTGATE_GITHUB_TOKEN` and for `google` from
+    /// `AGENTGATE_GOOGLE_TOKEN`, for every user.
     backend: Option<String>,
+    /// `timeout = "5s"`: the deadline for fetching one token, retries included (command and
+    /// auth0 backends). Default 5s.
+    timeout: Option<String>,
+    /// `file = "vault.toml"` (backend `file`, required): a TOML file
+    /// `[users."auth0|123"] github = ".." google = ".."`, mode 0600; the gate refuses to start
+    /// when group or others may read it. Read again on every fetch.
+    file: Option<PathBuf>,
+    /// `command = ["gh", "auth", "token"]` (backend `command`, required): a helper run without a
+    /// shell on every fetch, `{user}` and `{provider}` replaced in each argument; it prints the
+    /// token on stdout. A non-zero exit, empty output or the timeout is an error.
+    command: Option<Vec<String>>,
+    /// `[vault.auth0]` (backend `auth0`, required).
+    auth0: Option<RawAuth0>,
+}
+
+/// `[vault.auth0]`: Auth0 Token Vault, or IdP tokens through the Management API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth0 {
+    /// `domain = "tenant.eu.auth0.com"` (required): the tenant's host, optionally `host:port`;
+    /// calls go to `https://{domain}/`.
+    domain: String,
+    /// `client_id = ".."` (required): the Auth0 application the gate authenticates as.
+    client_id: String,
+    /// `client_secret_env = "AGENTGATE_AUTH0_CLIENT_SECRET"` (required): the name of the
+    /// environment variable that holds the client secret; never the secret itself.
+    client_secret_env: String,
+    /// `route = "token-vault" | "management"` (default `token-vault`). `token-vault` exchanges
+    /// the user's subject token (grant
+    /// `urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token`);
+    /// `management` gets a client-credentials token for `audience` and reads
+    /// `GET /api/v2/users/{id}` -> `identities[].access_token`.
+    route: Option<String>,
+    /// `audience = "https://{domain}/api/v2/"` (route `management`; that is the default): set it
+    /// when `domain` is a custom domain, to the tenant's canonical Management API identifier.
+    audience: Option<String>,
+    /// `subject_token_type = "refresh_token" | "access_token"` (route `token-vault`; default
+    /// `refresh_token`): what the subject tokens are.
+    subject_token_type: Option<String>,
+    /// `subject_token_file = "auth0-subjects.toml"` (route `token-vault`): TOML
+    /// `[users."auth0|123"] subject_token = ".."`, mode 0600, read on every fetch.
+    subject_token_file: Option<PathBuf>,
+    /// `subject_token_env = "AGENTGATE_AUTH0_SUBJECT_TOKEN"` (route `token-vault`, instead of
+    /// `subject_token_file`): the environment variable holding the subject token of the one user
+    /// named by `subject_user`.
+    subject_token_env: Option<String>,
+    /// `subject_user = "auth0|123"`: whose subject token `subject_token_env` holds.
+    subject_user: Option<String>,
+    /// `[vault.auth0.github]`: `connection` (default `github`), and for route `token-vault`
+    /// optional `scope` and `login_hint`.
+    #[serde(default)]
+    github: RawAuth0Connection,
+    /// `[vault.auth0.google]`: `connection` (default `google-oauth2`), `scope`, `login_hint`.
+    #[serde(default)]
+    google: RawAuth0Connection,
+    /// `cache = false` (default): when true, provider tokens are kept in memory until shortly
+    /// before their `expires_in`; tokens without `expires_in` are never cached.
+    cache: Option<bool>,
+    /// `cache_max_entries = 1024`: the most (user, provider) tokens the cache holds.
+    cache_max_entries: Option<usize>,
+    /// `extra_roots = []`: PEM files trusted for the tenant's TLS besides the system roots.
+    #[serde(default)]
+    extra_roots: Vec<PathBuf>,
+}
+
+/// `[vault.auth0.github]` / `[vault.auth0.google]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth0Connection {
+    /// The Auth0 connection name (`github`, `google-oauth2`, or a custom one).
+    connection: Option<String>,
+    /// Space-separated subset of the granted provider scopes (Token Vault only).
+    scope: Option<String>,
+    /// Picks one of several linked accounts on the connection (Token Vault only).
+    login_hint: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,7 +234,7 @@ pub struct Config {
     pub step_up_window: Duration,
     pub agents: Vec<Principal>,
     pub reviewers: Vec<Principal>,
-    pub vault_backend: VaultBackend,
+    pub vault: VaultConfig,
     /// GitHub Enterprise Server hosts (also in `intercept`).
     pub github_enterprise: BTreeSet<String>,
 }
@@ -208,6 +288,117 @@ pub enum VaultBackend {
     Command,
     Auth0,
 }
+
+/// The validated `[vault]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// The deadline for fetching one token, retries included.
+    pub timeout: Duration,
+    pub source: VaultSource,
+}
+
+/// A backend with the settings it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultSource {
+    /// `AGENTGATE_GITHUB_TOKEN` / `AGENTGATE_GOOGLE_TOKEN`.
+    Env,
+    /// A 0600 TOML file: user -> provider -> token.
+    File {
+        path: PathBuf,
+    },
+    /// A helper's argv (non-empty), `{user}` and `{provider}` substituted.
+    Command {
+        argv: Vec<String>,
+    },
+    Auth0(Box<Auth0Config>),
+}
+
+/// The validated `[vault.auth0]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth0Config {
+    /// `host` or `host:port`, lower-case.
+    pub domain: String,
+    pub client_id: String,
+    /// The name of the environment variable holding the client secret.
+    pub client_secret_env: String,
+    pub route: Auth0Route,
+    pub github: Auth0Connection,
+    pub google: Auth0Connection,
+    /// Opt-in provider-token cache, bounded by `expires_in` and `cache_max_entries`.
+    pub cache: bool,
+    pub cache_max_entries: usize,
+    pub extra_roots: Vec<PathBuf>,
+}
+
+/// How provider tokens are obtained from Auth0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth0Route {
+    /// The Token Vault exchange of a user's subject token.
+    TokenVault {
+        subject_token_type: SubjectTokenType,
+        subjects: SubjectTokens,
+    },
+    /// A client-credentials token for `audience`, then the user's `identities[]`.
+    Management { audience: String },
+}
+
+/// What a Token Vault subject token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectTokenType {
+    RefreshToken,
+    AccessToken,
+}
+
+impl SubjectTokenType {
+    /// The `subject_token_type` URN sent to Auth0.
+    pub fn urn(self) -> &'static str {
+        match self {
+            SubjectTokenType::RefreshToken => "urn:ietf:params:oauth:token-type:refresh_token",
+            SubjectTokenType::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+        }
+    }
+}
+
+/// Where the users' subject tokens are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectTokens {
+    /// A 0600 TOML file `[users."auth0|123"] subject_token = ".."`.
+    File(PathBuf),
+    /// One environment variable holding the subject token of `user`.
+    Env { var: String, user: String },
+}
+
+/// The Auth0 connection for one provider, and Token Vault request options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth0Connection {
+    pub connection: String,
+    pub scope: Option<String>,
+    pub login_hint: Option<String>,
+}
+
+impl VaultConfig {
+    /// Which backend this is.
+    pub fn backend(&self) -> VaultBackend {
+        match self.source {
+            VaultSource::Env => VaultBackend::Env,
+            VaultSource::File { .. } => VaultBackend::File,
+            VaultSource::Command { .. } => VaultBackend::Command,
+            VaultSource::Auth0(_) => VaultBackend::Auth0,
+        }
+    }
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            timeout: DEFAULT_VAULT_TIMEOUT,
+            source: VaultSource::Env,
+        }
+    }
+}
+
+/// `vault.timeout` when the file does not set it.
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Config {
     /// Loads `path`; relative paths in it are taken from the file's directory.
@@ -269,7 +460,7 @@ fn fallback(base: &Path) -> Config {
         step_up_window: Duration::from_secs(15 * 60),
         agents: Vec::new(),
         reviewers: Vec::new(),
-        vault_backend: VaultBackend::Env,
+        vault: VaultConfig::default(),
         github_enterprise: BTreeSet::new(),
     }
 }
@@ -314,17 +505,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     }
     cfg.agents = principals("agents", raw.agents)?;
     cfg.reviewers = principals("reviewers", raw.reviewers)?;
-    cfg.vault_backend = match raw.vault.backend.as_deref() {
-        None | Some("env") => VaultBackend::Env,
-        Some("file") => VaultBackend::File,
-        Some("command") => VaultBackend::Command,
-        Some("auth0") => VaultBackend::Auth0,
-        Some(other) => {
-            return Err(ConfigError::Invalid(format!(
-                "vault.backend = {other:?}: expected one of env, file, command, auth0"
-            )));
-        }
-    };
+    cfg.vault = vault(raw.vault, base)?;
     Ok(cfg)
 }
 
@@ -406,6 +587,269 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             Some(t) => parse_duration("limits.idle_timeout", &t)?,
             None => d.idle_timeout,
         },
+    })
+}
+
+fn vault(raw: RawVault, base: &Path) -> Result<VaultConfig, ConfigError> {
+    let backend = match raw.backend.as_deref() {
+        None | Some("env") => VaultBackend::Env,
+        Some("file") => VaultBackend::File,
+        Some("command") => VaultBackend::Command,
+        Some("auth0") => VaultBackend::Auth0,
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!(
+                "vault.backend = {other:?}: expected one of env, file, command, auth0"
+            )));
+        }
+    };
+    let timeout = match raw.timeout {
+        Some(t) => parse_duration("vault.timeout", &t)?,
+        None => DEFAULT_VAULT_TIMEOUT,
+    };
+    if timeout.is_zero() {
+        return Err(invalid("vault.timeout must be longer than zero"));
+    }
+    only_with(
+        backend,
+        VaultBackend::File,
+        "vault.file",
+        raw.file.is_some(),
+    )?;
+    only_with(
+        backend,
+        VaultBackend::Command,
+        "vault.command",
+        raw.command.is_some(),
+    )?;
+    only_with(
+        backend,
+        VaultBackend::Auth0,
+        "[vault.auth0]",
+        raw.auth0.is_some(),
+    )?;
+    let source = match backend {
+        VaultBackend::Env => VaultSource::Env,
+        VaultBackend::File => VaultSource::File {
+            path: base.join(raw.file.ok_or_else(|| {
+                invalid("vault.backend = \"file\" needs vault.file = \"vault.toml\"")
+            })?),
+        },
+        VaultBackend::Command => VaultSource::Command {
+            argv: vault_command(raw.command)?,
+        },
+        VaultBackend::Auth0 => {
+            let raw = raw.auth0.ok_or_else(|| {
+                invalid(
+                    "vault.backend = \"auth0\" needs a [vault.auth0] table with domain, \
+                     client_id and client_secret_env",
+                )
+            })?;
+            VaultSource::Auth0(Box::new(auth0(raw, base)?))
+        }
+    };
+    Ok(VaultConfig { timeout, source })
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// Refuses a key set for a backend other than the chosen one (a likely mistake).
+fn only_with(
+    backend: VaultBackend,
+    owner: VaultBackend,
+    key: &str,
+    present: bool,
+) -> Result<(), ConfigError> {
+    if present && backend != owner {
+        let name = format!("{owner:?}").to_lowercase();
+        return Err(invalid(format!(
+            "{key} is only used with vault.backend = {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn vault_command(argv: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let argv = argv.unwrap_or_default();
+    match argv.first() {
+        Some(program) if !program.trim().is_empty() => Ok(argv),
+        _ => Err(invalid(
+            "vault.backend = \"command\" needs vault.command = [\"program\", \"arg\", ..], e.g. [\"gh\", \"auth\", \"token\"]",
+        )),
+    }
+}
+
+fn auth0(raw: RawAuth0, base: &Path) -> Result<Auth0Config, ConfigError> {
+    let domain = auth0_domain(&raw.domain)?;
+    for (key, value) in [
+        ("client_id", &raw.client_id),
+        ("client_secret_env", &raw.client_secret_env),
+    ] {
+        if value.trim().is_empty() {
+            return Err(invalid(format!("vault.auth0.{key} must not be empty")));
+        }
+    }
+    env_name("vault.auth0.client_secret_env", &raw.client_secret_env)?;
+    let route = match raw.route.as_deref() {
+        None | Some("token-vault") => token_vault_route(&raw, base)?,
+        Some("management") => management_route(&raw, &domain)?,
+        Some(other) => {
+            return Err(invalid(format!(
+                "vault.auth0.route = {other:?}: expected \"token-vault\" or \"management\""
+            )));
+        }
+    };
+    let management = matches!(route, Auth0Route::Management { .. });
+    let cache_max_entries = raw.cache_max_entries.unwrap_or(1024);
+    if cache_max_entries == 0 {
+        return Err(invalid("vault.auth0.cache_max_entries must be at least 1"));
+    }
+    Ok(Auth0Config {
+        github: auth0_connection("github", raw.github, "github", management)?,
+        google: auth0_connection("google", raw.google, "google-oauth2", management)?,
+        domain,
+        client_id: raw.client_id,
+        client_secret_env: raw.client_secret_env,
+        route,
+        cache: raw.cache.unwrap_or(false),
+        cache_max_entries,
+        extra_roots: raw.extra_roots.into_iter().map(|p| base.join(p)).collect(),
+    })
+}
+
+/// `host` or `host:port`: no scheme, path, user info or query.
+fn auth0_domain(value: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        invalid(format!(
+            "vault.auth0.domain = {value:?}: expected the tenant's host such as \"tenant.eu.auth0.com\" (optionally host:port), without https:// or a path"
+        ))
+    };
+    if value.contains(['/', '@', '?', '#']) {
+        return Err(bad());
+    }
+    match Authority::parse(value, None) {
+        Ok(a) if a.port == 443 => Ok(a.uri_host()),
+        Ok(a) => Ok(format!("{}:{}", a.uri_host(), a.port)),
+        Err(_) => crate::actions::host::canonical_host(value).map_err(|_| bad()),
+    }
+}
+
+fn env_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && value.bytes().next().is_some_and(|b| !b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{key} = {value:?}: expected the name of an environment variable (letters, digits, _), not its value"
+        )))
+    }
+}
+
+fn token_vault_route(raw: &RawAuth0, base: &Path) -> Result<Auth0Route, ConfigError> {
+    if raw.audience.is_some() {
+        return Err(invalid(
+            "vault.auth0.audience is only used with route = \"management\"",
+        ));
+    }
+    let subject_token_type = match raw.subject_token_type.as_deref() {
+        None | Some("refresh_token") => SubjectTokenType::RefreshToken,
+        Some("access_token") => SubjectTokenType::AccessToken,
+        Some(other) => {
+            return Err(invalid(format!(
+                "vault.auth0.subject_token_type = {other:?}: expected \"refresh_token\" or \"access_token\""
+            )));
+        }
+    };
+    let subjects = match (
+        &raw.subject_token_file,
+        &raw.subject_token_env,
+        &raw.subject_user,
+    ) {
+        (Some(file), None, None) => SubjectTokens::File(base.join(file)),
+        (None, Some(var), Some(user)) if !user.is_empty() => {
+            env_name("vault.auth0.subject_token_env", var)?;
+            SubjectTokens::Env {
+                var: var.clone(),
+                user: user.clone(),
+            }
+        }
+        (None, Some(_), _) => {
+            return Err(invalid(
+                "vault.auth0.subject_token_env needs subject_user = \"auth0|..\": the one user whose subject token the variable holds",
+            ));
+        }
+        (None, None, Some(_)) => {
+            return Err(invalid(
+                "vault.auth0.subject_user is only used with subject_token_env",
+            ));
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "vault.auth0 route \"token-vault\" needs subject_token_file = \"..\" (or subject_token_env and subject_user)",
+            ));
+        }
+        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => {
+            return Err(invalid(
+                "vault.auth0: set subject_token_file or subject_token_env (with subject_user), not both",
+            ));
+        }
+    };
+    Ok(Auth0Route::TokenVault {
+        subject_token_type,
+        subjects,
+    })
+}
+
+fn management_route(raw: &RawAuth0, domain: &str) -> Result<Auth0Route, ConfigError> {
+    for (key, set) in [
+        ("subject_token_type", raw.subject_token_type.is_some()),
+        ("subject_token_file", raw.subject_token_file.is_some()),
+        ("subject_token_env", raw.subject_token_env.is_some()),
+        ("subject_user", raw.subject_user.is_some()),
+    ] {
+        if set {
+            return Err(invalid(format!(
+                "vault.auth0.{key} is only used with route = \"token-vault\""
+            )));
+        }
+    }
+    let audience = match &raw.audience {
+        Some(a) if a.starts_with("https://") && a.ends_with('/') => a.clone(),
+        Some(a) => {
+            return Err(invalid(format!(
+                "vault.auth0.audience = {a:?}: expected the Management API identifier, such as \"https://tenant.eu.auth0.com/api/v2/\""
+            )));
+        }
+        None => format!("https://{domain}/api/v2/"),
+    };
+    Ok(Auth0Route::Management { audience })
+}
+
+fn auth0_connection(
+    provider: &str,
+    raw: RawAuth0Connection,
+    default: &str,
+    management: bool,
+) -> Result<Auth0Connection, ConfigError> {
+    if management && (raw.scope.is_some() || raw.login_hint.is_some()) {
+        return Err(invalid(format!(
+            "vault.auth0.{provider}: scope and login_hint are only used with route = \"token-vault\""
+        )));
+    }
+    let connection = raw.connection.unwrap_or_else(|| default.to_string());
+    if connection.trim().is_empty() {
+        return Err(invalid(format!(
+            "vault.auth0.{provider}.connection must not be empty"
+        )));
+    }
+    Ok(Auth0Connection {
+        connection,
+        scope: raw.scope,
+        login_hint: raw.login_hint,
     })
 }
 
@@ -506,6 +950,168 @@ backend = "env"
         assert!(c.github_enterprise.contains("github.acme.corp"));
         assert!(c.intercept.contains("github.acme.corp"));
         assert!(c.intercept.contains("api.github.com"));
+    }
+
+    fn vault_of(text: &str) -> Result<VaultConfig, String> {
+        Config::from_toml(text, Path::new("/etc/gate"))
+            .map(|c| c.vault)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn vault_defaults_to_env_and_each_backend_takes_its_keys() {
+        let v = vault_of("").unwrap();
+        assert_eq!(v.backend(), VaultBackend::Env);
+        assert_eq!(v.timeout, Duration::from_secs(5));
+        let v = vault_of("[vault]\nbackend = \"file\"\nfile = \"vault.toml\"\ntimeout = \"2s\"")
+            .unwrap();
+        assert_eq!(
+            v.source,
+            VaultSource::File {
+                path: PathBuf::from("/etc/gate/vault.toml")
+            }
+        );
+        assert_eq!(v.timeout, Duration::from_secs(2));
+        let v = vault_of(
+            "[vault]\nbackend = \"command\"\ncommand = [\"gh\", \"auth\", \"token\", \"--user\", \"{user}\"]",
+        )
+        .unwrap();
+        assert_eq!(v.backend(), VaultBackend::Command);
+    }
+
+    #[test]
+    fn auth0_token_vault_and_management_routes() {
+        let v = vault_of(
+            r#"
+[vault]
+backend = "auth0"
+[vault.auth0]
+domain = "Tenant.EU.Auth0.com"
+client_id = "cid"
+client_secret_env = "AGENTGATE_AUTH0_CLIENT_SECRET"
+subject_token_file = "subjects.toml"
+cache = true
+[vault.auth0.github]
+scope = "repo"
+[vault.auth0.google]
+connection = "google-work"
+login_hint = "me@example.com"
+"#,
+        )
+        .unwrap();
+        let VaultSource::Auth0(a) = v.source else {
+            panic!("not auth0")
+        };
+        assert_eq!(a.domain, "tenant.eu.auth0.com");
+        assert_eq!(
+            a.route,
+            Auth0Route::TokenVault {
+                subject_token_type: SubjectTokenType::RefreshToken,
+                subjects: SubjectTokens::File(PathBuf::from("/etc/gate/subjects.toml")),
+            }
+        );
+        assert_eq!(a.github.connection, "github");
+        assert_eq!(a.github.scope.as_deref(), Some("repo"));
+        assert_eq!(a.google.connection, "google-work");
+        assert!(a.cache);
+        assert_eq!(a.cache_max_entries, 1024);
+
+        let v = vault_of(
+            "[vault]\nbackend = \"auth0\"\n[vault.auth0]\ndomain = \"t.auth0.com:8443\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\nroute = \"management\"",
+        )
+        .unwrap();
+        let VaultSource::Auth0(a) = v.source else {
+            panic!("not auth0")
+        };
+        assert_eq!(
+            a.route,
+            Auth0Route::Management {
+                audience: "https://t.auth0.com:8443/api/v2/".into()
+            }
+        );
+        assert_eq!(a.google.connection, "google-oauth2");
+    }
+
+    #[test]
+    fn vault_mistakes_are_refused_with_the_key_named() {
+        let auth0 = |extra: &str| {
+            vault_of(&format!(
+                "[vault]\nbackend = \"auth0\"\n[vault.auth0]\nclient_id = \"c\"\n{extra}"
+            ))
+            .unwrap_err()
+        };
+        let ok_base = "domain = \"t.auth0.com\"\nclient_secret_env = \"S\"\n";
+        let cases = [
+            (
+                vault_of("[vault]\nbackend = \"file\"").unwrap_err(),
+                "vault.file",
+            ),
+            (
+                vault_of("[vault]\nfile = \"v.toml\"").unwrap_err(),
+                "only used with vault.backend = \"file\"",
+            ),
+            (
+                vault_of("[vault]\nbackend = \"command\"\ncommand = []").unwrap_err(),
+                "vault.command",
+            ),
+            (
+                vault_of("[vault]\nbackend = \"auth0\"").unwrap_err(),
+                "[vault.auth0]",
+            ),
+            (
+                vault_of("[vault]\ntimeout = \"0s\"").unwrap_err(),
+                "vault.timeout",
+            ),
+            (vault_of("[vault]\nsecret = 1").unwrap_err(), "secret"),
+            (
+                auth0(
+                    "domain = \"https://t.auth0.com/\"\nclient_secret_env = \"S\"\nsubject_token_file = \"s\"",
+                ),
+                "vault.auth0.domain",
+            ),
+            (
+                auth0(
+                    "domain = \"t.auth0.com\"\nclient_secret_env = \"abc-DEF.123\"\nsubject_token_file = \"s\"",
+                ),
+                "not its value",
+            ),
+            (auth0(ok_base), "subject_token_file"),
+            (
+                auth0(&format!("{ok_base}subject_token_env = \"RT\"")),
+                "subject_user",
+            ),
+            (
+                auth0(&format!(
+                    "{ok_base}subject_token_file = \"s\"\nsubject_token_env = \"RT\"\nsubject_user = \"u\""
+                )),
+                "not both",
+            ),
+            (
+                auth0(&format!(
+                    "{ok_base}route = \"management\"\nsubject_token_file = \"s\""
+                )),
+                "subject_token_file is only used with route",
+            ),
+            (
+                auth0(&format!(
+                    "{ok_base}route = \"management\"\n[vault.auth0.github]\nscope = \"repo\""
+                )),
+                "scope and login_hint",
+            ),
+            (
+                auth0(&format!(
+                    "{ok_base}subject_token_file = \"s\"\nclient_secret = \"x\""
+                )),
+                "client_secret",
+            ),
+            (
+                auth0(&format!("{ok_base}route = \"mgmt\"")),
+                "vault.auth0.route",
+            ),
+        ];
+        for (err, needle) in cases {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 
     #[test]

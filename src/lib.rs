@@ -17,6 +17,7 @@
 //! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
+//! - [`vault`]: real tokens: the vault trait, its backends (env, file, command, auth0), `Secret`.
 
 pub mod actions;
 pub mod agent_env;
@@ -32,3 +33,4 @@ pub mod policy_files;
 pub mod proxy;
 pub mod store;
 pub mod tls;
+pub mod vault;

@@ -2,6 +2,8 @@
 //! TLS, the gate on 127.0.0.1:0, and raw clients for what real clients will not send.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod auth0;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
