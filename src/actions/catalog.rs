@@ -182,39 +182,76 @@ impl Catalog {
 }
 
 /// Path, query and JSON-body params of a matched route (`path` is the path it matched),
-/// typed from the description.
+/// typed from the description. A body field named like a path or query param (a variable's
+/// new `name`, a draft's `id`) keeps its value under `body_<name>`.
 fn route_params(
     found: &Match<'_>,
     path: &str,
     req: &Request<'_>,
 ) -> Result<Map<String, Value>, ClassifyError> {
     let route = found.route;
-    let mut params = Map::new();
+    // The body is parsed first, so that the params can be built in its map; a query error
+    // is still the one reported when both are wrong.
+    let mut fields = None;
+    let mut body_error = None;
+    if route.kind == Kind::Plain
+        && !gmail::reads_body(route)
+        && route.params.iter().any(|p| p.loc == Loc::Body)
+        && !req.body.is_empty()
+    {
+        match canonical::parse_json(req.body) {
+            Ok(Value::Object(body)) => fields = Some(described_fields(route, body)),
+            Ok(_) => {}
+            Err(e) => body_error = Some(e),
+        }
+    }
+    // With distinct names, each path or query param goes straight into the body's map,
+    // moving a body field it meets to `body_<name>`: the same result as merging the body
+    // into the params field by field (`merge_body`), without a second map.
+    let direct = found.distinct_names()
+        && fields
+            .as_ref()
+            .is_some_and(|f| !f.keys().any(|k| k.starts_with("body_")));
+    let mut params = match fields.take_if(|_| direct) {
+        Some(fields) => fields,
+        None => Map::new(),
+    };
+    let mut put = |name: &'static str, value: Value| {
+        if direct {
+            put_over_body(&mut params, name, value);
+        } else {
+            params.insert(name.to_string(), value);
+        }
+    };
     for (name, value) in found.captures(path) {
         let ty = ty_of(route, name, Loc::Path);
         let value = match ty {
             Ty::Int | Ty::Bool => typed(&value, ty),
             _ => Value::String(value.into_owned()),
         };
-        params.insert(name.to_string(), value);
+        put(name, value);
     }
     for p in route.params.iter().filter(|p| p.loc == Loc::Query) {
-        let values: Vec<&str> = req
+        let mut values = req
             .query
             .iter()
             .filter(|(k, _)| k == p.name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        match (values.as_slice(), p.ty) {
-            ([], _) => {}
-            (many, Ty::Array) => {
-                let list = many.iter().map(|v| Value::String(v.to_string())).collect();
-                params.insert(p.name.to_string(), Value::Array(list));
+            .map(|(_, v)| v.as_str());
+        let Some(first) = values.next() else {
+            continue;
+        };
+        let second = values.next();
+        match (second, p.ty) {
+            (_, Ty::Array) => {
+                let list = std::iter::once(first)
+                    .chain(second)
+                    .chain(values)
+                    .map(|v| Value::String(v.to_string()))
+                    .collect();
+                put(p.name, Value::Array(list));
             }
-            ([one], ty) => {
-                params.insert(p.name.to_string(), typed(one, ty));
-            }
-            (_, _) => {
+            (None, ty) => put(p.name, typed(first, ty)),
+            (Some(_), _) => {
                 return Err(ClassifyError::Malformed(format!(
                     "the query parameter {:?} is given more than once",
                     p.name
@@ -222,58 +259,56 @@ fn route_params(
             }
         }
     }
-    if route.kind == Kind::Plain
-        && !gmail::reads_body(route)
-        && route.params.iter().any(|p| p.loc == Loc::Body)
-        && !req.body.is_empty()
-    {
-        let body = canonical::parse_json(req.body)?;
-        if let Value::Object(mut fields) = body {
-            // A Gmail message travels in `raw` (or a draft's `message.raw`); the message
-            // params describe it, so the base64 text is not copied into params.
-            let carries_message = route.action.starts_with("gmail.");
-            fields.retain(|name, _| {
-                route
-                    .params
-                    .iter()
-                    .any(|p| p.loc == Loc::Body && p.name == name)
-                    && !(carries_message && matches!(name.as_str(), "raw" | "message"))
-            });
-            params = merge_body(params, fields);
-        }
+    if let Some(e) = body_error {
+        return Err(e);
     }
-    Ok(params)
+    Ok(match fields {
+        Some(fields) => merge_body(params, fields),
+        None => params,
+    })
 }
 
-/// The path and query `params` with the described body `fields` added: each under its own
-/// name, or under `body_<name>` when a path or query param (a variable's new `name`, a
-/// draft's `id`) already has that name.
-fn merge_body(
-    mut params: Map<String, Value>,
-    mut fields: Map<String, Value>,
-) -> Map<String, Value> {
-    let prefixed = |m: &Map<String, Value>| m.keys().any(|k| k.starts_with("body_"));
-    if prefixed(&params) || prefixed(&fields) {
-        // The rule as stated, one field at a time (a renamed field could meet another).
-        for (name, v) in fields {
-            let key = if params.contains_key(&name) {
-                format!("body_{name}")
-            } else {
-                name
-            };
-            params.insert(key, v);
+/// The body's fields that the route describes. A Gmail message travels in `raw` (or a
+/// draft's `message.raw`); the message params describe it, so the base64 text is not copied
+/// into params.
+fn described_fields(route: &Route, mut body: Map<String, Value>) -> Map<String, Value> {
+    let carries_message = route.action.starts_with("gmail.");
+    body.retain(|name, _| {
+        route
+            .params
+            .iter()
+            .any(|p| p.loc == Loc::Body && p.name == name)
+            && !(carries_message && matches!(name.as_str(), "raw" | "message"))
+    });
+    body
+}
+
+/// Puts a path or query param into a map of body fields, moving a field of that name to
+/// `body_<name>`.
+fn put_over_body(fields: &mut Map<String, Value>, name: &str, value: Value) {
+    match fields.entry(name) {
+        serde_json::map::Entry::Vacant(e) => {
+            e.insert(value);
         }
-        return params;
-    }
-    // With no `body_` names about, no renamed field meets another, and the same result comes
-    // from moving the few path and query params into the body's map.
-    for (name, v) in params {
-        if let Some(clash) = fields.remove(&name) {
-            fields.insert(format!("body_{name}"), clash);
+        serde_json::map::Entry::Occupied(mut e) => {
+            let field = std::mem::replace(e.get_mut(), value);
+            fields.insert(format!("body_{name}"), field);
         }
-        fields.insert(name, v);
     }
-    fields
+}
+
+/// The path and query `params` with the described body `fields` added, one at a time in key
+/// order: each under its own name, or under `body_<name>` when that name is taken.
+fn merge_body(mut params: Map<String, Value>, fields: Map<String, Value>) -> Map<String, Value> {
+    for (name, v) in fields {
+        let key = if params.contains_key(&name) {
+            format!("body_{name}")
+        } else {
+            name
+        };
+        params.insert(key, v);
+    }
+    params
 }
 
 fn ty_of(route: &Route, name: &str, loc: Loc) -> Ty {
@@ -362,47 +397,77 @@ mod tests {
         }
     }
 
-    /// `merge_body` as the rule reads: path and query params first, then each body field in
-    /// key order, renamed when its name is taken.
-    fn merge_body_reference(
-        mut params: Map<String, Value>,
-        fields: Map<String, Value>,
-    ) -> Map<String, Value> {
-        for (name, v) in fields {
-            let key = if params.contains_key(&name) {
-                format!("body_{name}")
-            } else {
-                name
-            };
-            params.insert(key, v);
-        }
-        params
+    fn inspect(method: &str, target: &str, body: &[u8]) -> Result<Value, ClassifyError> {
+        let catalog = Catalog::builtin(BTreeSet::new()).unwrap();
+        let got = catalog.inspect(
+            "api.github.com",
+            method,
+            target,
+            &HeaderMap::new(),
+            body,
+            1 << 20,
+        )?;
+        Ok(Value::Object(got.actions[0].params.clone()))
     }
 
     #[test]
-    fn merge_body_matches_the_reference() {
-        let names = [
-            "id",
-            "name",
-            "body_id",
-            "body_name",
-            "title",
-            "body_body_id",
-        ];
-        // Every pair of subsets of six names (params and fields), values telling them apart.
-        for pm in 0u32..64 {
-            for fm in 0u32..64 {
-                let pick = |mask: u32, side: &str| -> Map<String, Value> {
+    fn body_fields_join_the_path_and_query_params() {
+        let got = inspect(
+            "PATCH",
+            "/repos/Acme/API/actions/variables/OLD",
+            br#"{"value":"v2","name":"NEW","undescribed":{"a":1}}"#,
+        );
+        let want = json!({"owner": "acme", "repo": "acme/api", "name": "OLD", "body_name": "NEW", "value": "v2"});
+        assert_eq!(got.unwrap(), want);
+        let got = inspect(
+            "POST",
+            "/orgs/acme/attestations/bulk-list?per_page=5&after=x",
+            br#"{"subject_digests":["sha256:ab"],"per_page":"body"}"#,
+        );
+        let want =
+            json!({"org": "acme", "per_page": 5, "after": "x", "subject_digests": ["sha256:ab"]});
+        assert_eq!(got.unwrap(), want);
+        let got = inspect("POST", "/orgs/acme/attestations/bulk-list", b"[1]");
+        assert_eq!(got.unwrap(), json!({"org": "acme"}));
+    }
+
+    #[test]
+    fn a_query_error_is_reported_before_a_body_error() {
+        let target = "/orgs/acme/attestations/bulk-list?after=x&after=y";
+        let e = inspect("POST", target, br#"{"a":1,"a":2}"#).unwrap_err();
+        assert!(e.to_string().contains("more than once"), "{e}");
+        let e = inspect(
+            "POST",
+            "/orgs/acme/attestations/bulk-list",
+            br#"{"a":1,"a":2}"#,
+        );
+        assert!(e.unwrap_err().to_string().contains("duplicate key"));
+    }
+
+    #[test]
+    fn params_put_over_the_body_match_the_merge() {
+        let names = ["id", "name", "title", "labels", "body"];
+        // Every pair of subsets (path and query params, body fields) of five names.
+        for pm in 0u32..32 {
+            for fm in 0u32..32 {
+                let pick = |mask: u32| {
                     names
                         .iter()
                         .enumerate()
-                        .filter(|(i, _)| mask & (1 << i) != 0)
-                        .map(|(_, n)| (n.to_string(), json!(format!("{side}:{n}"))))
-                        .collect()
+                        .filter(move |(i, _)| mask & (1 << i) != 0)
                 };
-                let (p, f) = (pick(pm, "param"), pick(fm, "field"));
-                let want = merge_body_reference(p.clone(), f.clone());
-                assert_eq!(merge_body(p, f), want, "{pm:06b} {fm:06b}");
+                let params: Map<String, Value> = pick(pm)
+                    .map(|(_, n)| (n.to_string(), json!(format!("param:{n}"))))
+                    .collect();
+                let fields: Map<String, Value> = pick(fm)
+                    .map(|(_, n)| (n.to_string(), json!(format!("field:{n}"))))
+                    .collect();
+                let want = merge_body(params.clone(), fields.clone());
+                let mut got = fields;
+                for (n, v) in params {
+                    put_over_body(&mut got, &n, v);
+                }
+                assert_eq!(got, want, "{pm:05b} {fm:05b}");
             }
         }
     }

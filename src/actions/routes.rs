@@ -72,13 +72,38 @@ pub type Captured = Vec<(&'static str, String)>;
 struct Node {
     /// Literal segments, lower-cased: matching ignores ASCII case, so `/REPOS/o/r` is the same
     /// operation as `/repos/o/r` whether or not the upstream would accept it (stricter).
-    literal: HashMap<String, Node>,
+    literal: HashMap<String, Node, Fnv>,
     /// Segments mixing text and parameters, keyed by their shape (parameter names blanked).
     patterns: Vec<(String, Vec<Part>, Node)>,
     param: Option<Box<Node>>,
     multi: Option<Box<Node>>,
     /// Routes ending here: (method, index into the table).
     routes: Vec<(&'static str, usize)>,
+}
+
+/// FNV-1a for the literal-segment maps: segments are short, and SipHash's keyed strength buys
+/// nothing here (the maps are built once from the static tables, and a lookup never inserts).
+#[derive(Debug, Default, Clone, Copy)]
+struct Fnv;
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +138,9 @@ pub struct Router {
     root: Node,
     /// Per route, the names of its parameters in template order.
     names: Vec<Vec<&'static str>>,
+    /// Per route, whether its path and query parameter names are all different and none
+    /// begins with `body_` (see [`Match::distinct_names`]).
+    distinct: Vec<bool>,
 }
 
 /// Why a table could not be loaded (a generator bug, caught by tests).
@@ -125,6 +153,7 @@ impl Router {
     pub fn new(table: &'static [Route]) -> Result<Router, TableError> {
         let mut root = Node::default();
         let mut names = Vec::with_capacity(table.len());
+        let mut distinct = Vec::with_capacity(table.len());
         for (i, route) in table.iter().enumerate() {
             let segs = segments(route.template)?;
             let route_names = param_names(&segs);
@@ -134,6 +163,7 @@ impl Router {
                     route.template
                 )));
             }
+            distinct.push(distinct_names(&route_names, route));
             names.push(route_names);
             let mut node = &mut root;
             for seg in segs {
@@ -162,7 +192,12 @@ impl Router {
             }
             node.routes.push((route.method, i));
         }
-        Ok(Router { table, root, names })
+        Ok(Router {
+            table,
+            root,
+            names,
+            distinct,
+        })
     }
 
     /// The table this router matches against.
@@ -186,15 +221,22 @@ impl Router {
     pub fn matched(&self, method: &str, path: &str) -> Option<Match<'_>> {
         // Segment byte ranges, on the stack: the canonicaliser allows at most 64 segments;
         // longer paths match nothing.
-        let rest = path.strip_prefix('/')?;
+        let bytes = path.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return None;
+        }
         let mut buf = [(0usize, 0usize); 64];
         let mut count = 0;
         let mut start = 1;
-        for seg in rest.split('/') {
-            *buf.get_mut(count)? = (start, start + seg.len());
-            count += 1;
-            start += seg.len() + 1;
+        for (i, &c) in bytes.iter().enumerate().skip(1) {
+            if c == b'/' {
+                *buf.get_mut(count)? = (start, i);
+                count += 1;
+                start = i + 1;
+            }
         }
+        *buf.get_mut(count)? = (start, bytes.len());
+        count += 1;
         let path = Path {
             text: path,
             segs: &buf[..count],
@@ -211,6 +253,7 @@ impl Router {
         Some(Match {
             route,
             names,
+            distinct: self.distinct.get(found).copied().unwrap_or(false),
             ranges: raw,
         })
     }
@@ -258,10 +301,18 @@ impl Ranges {
 pub struct Match<'r> {
     pub route: &'static Route,
     names: &'r [&'static str],
+    distinct: bool,
     ranges: Ranges,
 }
 
 impl Match<'_> {
+    /// Whether the route's path parameters and described query parameters all have different
+    /// names, none beginning with `body_`: then no two of them, nor one of them and a body
+    /// field renamed `body_<name>`, can land on the same params key.
+    pub fn distinct_names(&self) -> bool {
+        self.distinct
+    }
+
     /// The path parameters in template order, percent-decoded (borrowed from `path`, the
     /// path given to [`Router::matched`], when there is nothing to decode).
     pub fn captures<'p>(
@@ -385,6 +436,19 @@ fn match_pattern(parts: &[Part], seg: &str, offset: usize, raw: &mut Ranges) -> 
         }
     }
     pos == seg.len()
+}
+
+/// See [`Match::distinct_names`].
+fn distinct_names(path_names: &[&'static str], route: &Route) -> bool {
+    let query = route.params.iter().filter(|p| p.loc == Loc::Query);
+    let all: Vec<&str> = path_names
+        .iter()
+        .copied()
+        .chain(query.map(|p| p.name))
+        .collect();
+    all.iter().enumerate().all(|(i, n)| {
+        !n.starts_with("body_") && all.get(i + 1..).is_none_or(|rest| !rest.contains(n))
+    })
 }
 
 fn param_names(segs: &[Seg]) -> Vec<&'static str> {
