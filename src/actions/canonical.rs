@@ -750,7 +750,9 @@ mod tests {
 
     #[test]
     fn the_plain_path_pass_agrees_with_the_full_checks() {
-        let alphabet = [b'a', b'/', b'.', b'%', b'2', b'f', b';', b'\\', b' ', 0x7f, 0xc3, b'~'];
+        let alphabet = [
+            b'a', b'/', b'.', b'%', b'2', b'f', b';', b'\\', b' ', 0x7f, 0xc3, b'~',
+        ];
         // Every path of up to six bytes over an alphabet of the interesting ones.
         let mut paths: Vec<Vec<u8>> = vec![b"/".to_vec()];
         let mut frontier = paths.clone();
