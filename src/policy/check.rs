@@ -157,7 +157,7 @@ pub struct Program {
     pub default: CDefault,
     pub counts: Vec<CountSpec>,
     pub tests: Vec<CTest>,
-    /// Catalog action name -> the rules that apply to it, in set order.
+    /// Catalog action name -> the rules that apply to it, in evaluation (id) order.
     pub(super) index: HashMap<String, Vec<usize>>,
     /// Rules with a pattern that may match a GraphQL mutation (an open family).
     pub(super) graphql_rules: Vec<usize>,
@@ -272,11 +272,19 @@ fn index_rules(rules: &[CRule], schema: &Schema) -> (HashMap<String, Vec<usize>>
         if !list.is_empty() {
             list.sort_unstable();
             list.dedup();
+            list.sort_by(|a, b| by_id(rules, *a, *b));
             index.insert(name.clone(), list);
         }
     }
-    graphql.sort_unstable();
+    graphql.sort_by(|a, b| by_id(rules, *a, *b));
     (index, graphql)
+}
+
+/// The order rules are evaluated in: by id, never by file. A decision's step budget is shared
+/// by its rules, and which rule runs out of it must not depend on how the set is split.
+fn by_id(rules: &[CRule], a: usize, b: usize) -> std::cmp::Ordering {
+    let id = |i: usize| rules.get(i).map(|r| r.id.as_str());
+    id(a).cmp(&id(b))
 }
 
 fn index_counts(
@@ -722,6 +730,9 @@ impl<'a> Checker<'a> {
             ExprKind::Regex(subject, pat) => {
                 let (c, t) = self.expr(subject, scope)?;
                 self.want_str(&t, subject.span, "matches")?;
+                // The pattern must be a regex on its own: wrapped unchecked, `a)|(b` would
+                // compile as `^(?:a)|(b)$`, which is not anchored.
+                self.regex(&pat.value, pat.span)?;
                 let re = self.regex(&format!("^(?:{})$", pat.value), pat.span)?;
                 Some((CExpr::Regex(Box::new(c), re), Ty::Bool))
             }
@@ -1090,7 +1101,8 @@ impl<'a> Checker<'a> {
             }
             Err(e) => {
                 let msg = e.to_string();
-                let first = msg.lines().last().unwrap_or("invalid").trim().to_string();
+                let first = msg.lines().last().unwrap_or("invalid").trim();
+                let first = first.strip_prefix("error: ").unwrap_or(first).to_string();
                 self.err(span, format!("not a valid regex: {first}"));
                 None
             }
@@ -1422,4 +1434,29 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::schema::Schema;
+    use crate::policy::{load, source};
+
+    #[test]
+    fn a_regex_must_be_valid_on_its_own() {
+        let schema = Schema::builtin();
+        for re in ["a)|(b", "a))|((b", ")(", "\\"] {
+            let text = format!(
+                "default block;\nallow \"x\" on github.pulls.create when params.title matches r\"{re}\";\n"
+            );
+            let e = load(vec![source("t.policy", &text)], &schema).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("t.policy:2:60: not a valid regex: "),
+                "{re}: {e}"
+            );
+            assert!(!e.to_string().contains("error:"), "{e}");
+        }
+        let text = "default block;\nallow \"x\" on github.pulls.create when params.title matches r\"a|(b)\";\n";
+        assert!(load(vec![source("t.policy", text)], &schema).is_ok());
+    }
 }

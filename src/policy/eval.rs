@@ -948,6 +948,35 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_overrun_decides_the_same_in_any_file_order() {
+        // `big` spends the whole budget; the rules evaluated after it see an error. Which
+        // rules those are must not depend on the order of the files.
+        let big = "allow \"big\" on github.issues.add-labels when not any(x in params.labels: \
+                   any(y in params.labels: any(z in params.labels: x == y and y == z and z == \"n\")));\n";
+        let small =
+            "block \"small\" on github.issues.add-labels when \"secret\" in params.labels;\n";
+        let schema = crate::policy::schema::Schema::builtin();
+        let labels: Vec<Value> = (0..60).map(|i| Value::String(format!("l{i}"))).collect();
+        let mut params = serde_json::Map::new();
+        params.insert("labels".into(), Value::Array(labels));
+        let action = Action::new("github.issues.add-labels", params);
+        let decide = |files: [&str; 3]| {
+            let sources = files
+                .iter()
+                .enumerate()
+                .map(|(i, t)| crate::policy::source(&format!("{i}.policy"), t))
+                .collect();
+            let p = crate::policy::load(sources, &schema).unwrap();
+            p.decide_all(std::slice::from_ref(&action), "a", 0, &[], &NoCounts)
+        };
+        let one = decide(["default step_up;\n", big, small]);
+        let other = decide([small, big, "default step_up;\n"]);
+        assert_eq!(one, other);
+        assert_eq!(one.effect, Effect::Block);
+        assert!(one.fired.iter().all(|f| f.fired_on_error));
+    }
+
+    #[test]
     fn three_valued_and() {
         assert_eq!(and(Tri::U("x".into()), Tri::F), Tri::F);
         assert_eq!(and(Tri::T, Tri::U("x".into())), Tri::U("x".into()));

@@ -23,22 +23,16 @@ pub const MAX_DEPTH: usize = 32;
 #[grammar = "policy/grammar.pest"]
 struct Grammar;
 
+/// Bracket depth up to which a file is parsed on the caller's stack. pest's recursive descent
+/// (and the tree builder) take about 100 KB of stack per bracket level in a debug build, far
+/// less in release: a deeper file is parsed on a thread of its own with [`PARSE_STACK`] bytes of
+/// stack, so `MAX_DEPTH` levels never overflow a 2 MiB worker thread.
+const INLINE_DEPTH: usize = 8;
+/// Stack of the thread that parses a deeply nested file.
+const PARSE_STACK: usize = 16 * 1024 * 1024;
+
 /// Parses one file of a set; `file` is its index in the set's sources (for spans).
 pub fn parse_file(file: usize, src: &Source) -> Result<File, LoadError> {
-    let sources = std::slice::from_ref(src);
-    let fail = |offset: usize, msg: String| {
-        let mut e = LoadError::at(
-            sources,
-            Span {
-                file: 0,
-                start: offset,
-                end: offset,
-            },
-            msg,
-        );
-        e.file.clone_from(&src.name);
-        e
-    };
     if src.text.len() > MAX_FILE_BYTES {
         return Err(LoadError::whole(
             &src.name,
@@ -48,13 +42,53 @@ pub fn parse_file(file: usize, src: &Source) -> Result<File, LoadError> {
             ),
         ));
     }
-    prescan(&src.text).map_err(|(offset, msg)| fail(offset, msg))?;
+    let depth = prescan(&src.text).map_err(|(offset, msg)| fail(src, offset, msg))?;
+    if depth <= INLINE_DEPTH {
+        return parse_prescanned(file, src);
+    }
+    let parsed = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("policy-parse".into())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(s, || parse_prescanned(file, src))
+            .map(|h| h.join())
+    });
+    match parsed {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(LoadError::whole(
+            &src.name,
+            "the parser failed on this file",
+        )),
+        Err(e) => Err(LoadError::whole(
+            &src.name,
+            format!("cannot start the parser: {e}"),
+        )),
+    }
+}
+
+/// A load error at a byte offset of `src`.
+fn fail(src: &Source, offset: usize, msg: String) -> LoadError {
+    let mut e = LoadError::at(
+        std::slice::from_ref(src),
+        Span {
+            file: 0,
+            start: offset,
+            end: offset,
+        },
+        msg,
+    );
+    e.file.clone_from(&src.name);
+    e
+}
+
+/// The parse proper, of a file whose size and nesting [`prescan`] accepted.
+fn parse_prescanned(file: usize, src: &Source) -> Result<File, LoadError> {
     let mut pairs = Grammar::parse(Rule::file, &src.text).map_err(|e| {
         let offset = match e.location {
             InputLocation::Pos(p) => p,
             InputLocation::Span((s, _)) => s,
         };
-        fail(offset, describe(&e.variant))
+        fail(src, offset, describe(&e.variant))
     })?;
     let mut b = Builder {
         file,
@@ -63,16 +97,18 @@ pub fn parse_file(file: usize, src: &Source) -> Result<File, LoadError> {
     if let Some(top) = pairs.next() {
         for p in top.into_inner() {
             b.statement(p)
-                .map_err(|(span, msg)| fail(span.start, msg))?;
+                .map_err(|(span, msg)| fail(src, span.start, msg))?;
         }
     }
     Ok(b.out)
 }
 
-/// Checks bracket nesting outside strings and comments, so the recursive parse stays shallow.
-fn prescan(text: &str) -> Result<(), (usize, String)> {
+/// Checks bracket nesting outside strings and comments, so the recursive parse stays shallow;
+/// returns the deepest nesting.
+fn prescan(text: &str) -> Result<usize, (usize, String)> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    let mut deepest = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -93,6 +129,7 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
             }
             b'(' | b'[' | b'{' => {
                 depth += 1;
+                deepest = deepest.max(depth);
                 if depth > MAX_DEPTH {
                     return Err((i, format!("brackets nest deeper than {MAX_DEPTH} levels")));
                 }
@@ -103,7 +140,7 @@ fn prescan(text: &str) -> Result<(), (usize, String)> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(deepest)
 }
 
 /// What the user may write where a parse failed, in their terms.
@@ -998,6 +1035,49 @@ mod tests {
         let big = format!("# {}\n", "x".repeat(MAX_FILE_BYTES));
         let e = parse(&big).unwrap_err();
         assert!(e.message.contains("1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn the_deepest_nesting_parses_on_a_small_stack() {
+        // MAX_DEPTH levels of every bracket, parsed from a thread with a 1 MiB stack (a debug
+        // build needs several MiB for this on the caller's stack).
+        let parens = format!(
+            "allow \"a\" on x when {}a{};",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        let lists = format!(
+            "list x = {}1{};",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        let quants = format!(
+            "allow \"a\" on x when {}true{};",
+            "any(x in l: ".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH)
+        );
+        std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || {
+                for text in [parens, lists, quants] {
+                    assert!(parse(&text).is_ok(), "{text}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn unknown_escapes_are_named() {
+        let e = parse("default block reason \"a \\q\";").unwrap_err();
+        assert_eq!((e.line, e.col), (1, 22), "{e}");
+        assert_eq!(e.message, "unknown escape \\q");
+        let e = parse("default block reason \"\\u{zz}\";").unwrap_err();
+        assert!(e.message.contains("is not a character"), "{e}");
+        let f = parse("default block reason \"\\\"\\u{41}\\t\\{x\\}\";").unwrap();
+        let reason = f.defaults[0].reason.as_ref().unwrap();
+        assert_eq!(reason.value, "\"A\t\\{x\\}");
     }
 
     #[test]
