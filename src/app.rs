@@ -42,6 +42,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Agents(#[from] crate::agents::AgentsError),
+    #[error("vault: {0}")]
+    Vault(#[from] crate::vault::VaultError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -136,6 +138,9 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         drafts: Default::default(),
         decider,
         agents: crate::agents::Agents::load(&config.agents, &config.data_dir)?,
+        vault: crate::vault::build(&config.vault)?,
+        placeholders: config.placeholders.clone(),
+        github_enterprise: config.github_enterprise.clone(),
         limits: config.limits.clone(),
         issuer: issuer.clone(),
         forwarder: Forwarder::new(upstream_tls, dialer),

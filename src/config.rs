@@ -61,6 +61,17 @@ struct RawConfig {
     vault: RawVault,
     #[serde(default)]
     github: RawGithub,
+    #[serde(default)]
+    placeholders: RawPlaceholders,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlaceholders {
+    /// What agents hold instead of a GitHub token (default `agentgate-placeholder-github`).
+    github: Option<String>,
+    /// What agents hold instead of a Google token (default `agentgate-placeholder-google`).
+    google: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +248,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// GitHub Enterprise Server hosts (also in `intercept`).
     pub github_enterprise: BTreeSet<String>,
+    /// The placeholder credentials agents hold, one per provider.
+    pub placeholders: crate::vault::inject::Placeholders,
 }
 
 /// How the gate reaches upstreams.
@@ -462,6 +475,7 @@ fn fallback(base: &Path) -> Config {
         reviewers: Vec::new(),
         vault: VaultConfig::default(),
         github_enterprise: BTreeSet::new(),
+        placeholders: Default::default(),
     }
 }
 
@@ -506,6 +520,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     cfg.agents = principals("agents", raw.agents)?;
     cfg.reviewers = principals("reviewers", raw.reviewers)?;
     cfg.vault = vault(raw.vault, base)?;
+    cfg.placeholders = placeholders(raw.placeholders)?;
     Ok(cfg)
 }
 
@@ -523,6 +538,34 @@ fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
             "{key} = {value:?}: {e} (write a duration such as \"30s\", \"15m\")"
         ))
     })
+}
+
+fn placeholders(raw: RawPlaceholders) -> Result<crate::vault::inject::Placeholders, ConfigError> {
+    let mut p = crate::vault::inject::Placeholders::default();
+    for (key, value, slot) in [
+        ("placeholders.github", raw.github, &mut p.github),
+        ("placeholders.google", raw.google, &mut p.google),
+    ] {
+        if let Some(v) = value {
+            // It travels in headers, Basic pairs and URLs: visible ASCII, no ':' or spaces.
+            let ok = (8..=256).contains(&v.len())
+                && v.bytes().all(|b| {
+                    b.is_ascii_graphic() && !matches!(b, b':' | b'&' | b'=' | b'%' | b'+')
+                });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {v:?}: a placeholder is 8 to 256 visible ASCII characters without ':', '&', '=', '%' or '+'"
+                )));
+            }
+            *slot = v;
+        }
+    }
+    if p.github == p.google {
+        return Err(ConfigError::Invalid(
+            "placeholders.github and placeholders.google must differ".into(),
+        ));
+    }
+    Ok(p)
 }
 
 fn canonical_host(key: &str, value: &str) -> Result<String, ConfigError> {

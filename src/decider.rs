@@ -57,7 +57,13 @@ impl Decider {
 
     /// Decides a request and, when it is admitted, counts it (under the counters' locks, so
     /// concurrent requests see distinct counts).
-    pub fn admit(&self, actions: &[Action], agent: &str, now_ms: i64) -> Decision {
+    pub fn admit(
+        &self,
+        actions: &[Action],
+        agent: &str,
+        credential: &str,
+        now_ms: i64,
+    ) -> Decision {
         let Some(program) = self.active.current() else {
             return policy::no_policy(actions);
         };
@@ -66,7 +72,8 @@ impl Decider {
             &lock,
             now_ms,
             |view| {
-                let d = program.decide_all(actions, agent, now_ms, &[], &View(view));
+                let d =
+                    program.decide_request(actions, agent, credential, now_ms, &[], &View(view));
                 let admitted = d.effect == Effect::Allow;
                 (d, admitted)
             },

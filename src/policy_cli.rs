@@ -121,6 +121,8 @@ struct ExplainInput {
     at: Option<String>,
     #[serde(default)]
     approved: Vec<String>,
+    /// `placeholder` (default), `foreign` or `none`.
+    credential: Option<String>,
     /// Count values by series (`"PATTERN|by"`, as `count(PATTERN, by: BY, ...)` names it).
     #[serde(default)]
     counts: std::collections::BTreeMap<String, u64>,
@@ -192,6 +194,7 @@ pub fn explain(dir: &Path, input: &str, now_ms: i64) -> Report {
                 agent: &input.agent,
                 now_ms,
                 approved: &input.approved,
+                credential: input.credential.as_deref().unwrap_or("placeholder"),
             },
             &counts,
             Some(&mut trace),

@@ -123,6 +123,8 @@ pub struct TestDef {
     pub at: Option<Text>,
     pub counts: Vec<(CountCall, i64, Span)>,
     pub approved: Vec<Text>,
+    /// `with credential "placeholder|foreign|none"`.
+    pub credential: Option<Text>,
     /// `via "METHOD" "host" ["/path"]`.
     pub via: Option<(Text, Text, Option<Text>)>,
     pub expect: EffectKw,

@@ -32,6 +32,8 @@ pub enum Builtin {
     Path,
     Now,
     Approved,
+    /// `placeholder`, `foreign` or `none`: the credential the request carried.
+    Credential,
 }
 
 /// A compiled expression.
@@ -145,6 +147,7 @@ pub struct CTest {
     /// (count spec, window) -> the count the test states.
     pub counts: Vec<(usize, u64, u64)>,
     pub approved: Vec<String>,
+    pub credential: String,
     pub expect: EffectKw,
     pub expect_by: Option<String>,
     pub reason_contains: Vec<String>,
@@ -939,6 +942,7 @@ impl<'a> Checker<'a> {
             "path" => Some((Builtin::Path, Ty::Str)),
             "now" => Some((Builtin::Now, Ty::Timestamp)),
             "approved" => Some((Builtin::Approved, Ty::List(Box::new(Ty::Str)))),
+            "credential" => Some((Builtin::Credential, Ty::Str)),
             _ => None,
         };
         if let Some((b, t)) = builtin {
@@ -958,7 +962,7 @@ impl<'a> Checker<'a> {
         let _ = scope.open;
         self.err(
             span,
-            format!("unknown name {first:?}: expected params.NAME, action, agent, method, host, path, now, approved, a list name or a quantifier variable"),
+            format!("unknown name {first:?}: expected params.NAME, action, agent, credential, method, host, path, now, approved, a list name or a quantifier variable"),
         );
         None
     }
@@ -1298,6 +1302,19 @@ impl<'a> Checker<'a> {
             }
             approved.push(a.value.clone());
         }
+        let credential = match &t.credential {
+            None => "placeholder".to_string(),
+            Some(c) if matches!(c.value.as_str(), "placeholder" | "foreign" | "none") => {
+                c.value.clone()
+            }
+            Some(c) => {
+                self.err(
+                    c.span,
+                    "a credential is \"placeholder\", \"foreign\" or \"none\"",
+                );
+                String::new()
+            }
+        };
         if let Some(by) = &t.expect_by {
             if by.value != "default" && !ids.contains_key(&by.value) {
                 self.err(by.span, format!("no rule has the id {:?}", by.value));
@@ -1332,6 +1349,7 @@ impl<'a> Checker<'a> {
             now_ms,
             counts,
             approved,
+            credential,
             expect: t.expect,
             expect_by: t.expect_by.as_ref().map(|b| b.value.clone()),
             reason_contains: t.reason_contains.iter().map(|r| r.value.clone()).collect(),
@@ -1343,7 +1361,15 @@ impl<'a> Checker<'a> {
 fn is_reserved(name: &str) -> bool {
     matches!(
         name,
-        "action" | "agent" | "method" | "host" | "path" | "now" | "approved" | "params"
+        "action"
+            | "agent"
+            | "method"
+            | "host"
+            | "path"
+            | "now"
+            | "approved"
+            | "params"
+            | "credential"
     )
 }
 

@@ -74,6 +74,8 @@ pub struct Input<'a> {
     pub now_ms: i64,
     /// Step-up rules a reviewer approved (release re-evaluation); empty otherwise.
     pub approved: &'a [String],
+    /// The credential the request carried: `placeholder`, `foreign` or `none`.
+    pub credential: &'a str,
 }
 
 /// A rule that fired.
@@ -688,6 +690,7 @@ impl<'a> Ev<'a> {
                 Builtin::Path => V::S(Cow::Borrowed(self.input.action.path.as_str())),
                 Builtin::Now => V::I(self.input.now_ms),
                 Builtin::Approved => V::J(self.approved),
+                Builtin::Credential => V::S(Cow::Borrowed(self.input.credential)),
             }),
             CExpr::Param(path) => lookup(&self.input.action.params, path)
                 .map(V::J)
@@ -810,6 +813,7 @@ impl<'a> Ev<'a> {
                         Builtin::Method => self.input.action.method.as_str(),
                         Builtin::Host => self.input.action.host.as_str(),
                         Builtin::Path => self.input.action.path.as_str(),
+                        Builtin::Credential => self.input.credential,
                         Builtin::Now | Builtin::Approved => "",
                     };
                     push_hole(&mut out, s);

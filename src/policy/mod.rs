@@ -62,11 +62,26 @@ pub fn load(sources: Vec<Source>, schema: &Schema) -> Result<Program, LoadErrors
 }
 
 impl Program {
-    /// Decides one request: every action, the strictest wins (policy-language.md 5).
+    /// Decides one request: every action, the strictest wins (policy-language.md 5). The
+    /// request carried the agent's placeholder (`credential` is `placeholder`, as in `test`
+    /// blocks); see [`Program::decide_request`].
     pub fn decide_all(
         &self,
         actions: &[Action],
         agent: &str,
+        now_ms: i64,
+        approved: &[String],
+        counts: &dyn Counts,
+    ) -> Decision {
+        self.decide_request(actions, agent, "placeholder", now_ms, approved, counts)
+    }
+
+    /// Decides one request that carried `credential` (`placeholder`, `foreign` or `none`).
+    pub fn decide_request(
+        &self,
+        actions: &[Action],
+        agent: &str,
+        credential: &str,
         now_ms: i64,
         approved: &[String],
         counts: &dyn Counts,
@@ -81,6 +96,7 @@ impl Program {
                         agent,
                         now_ms,
                         approved,
+                        credential,
                     },
                     counts,
                 )

@@ -209,6 +209,7 @@ fn token_name(r: Rule) -> &'static str {
         Rule::kw_at | Rule::at_clause => "'at'",
         Rule::kw_with | Rule::with_count | Rule::with_approved => "'with'",
         Rule::kw_approved => "'approved'",
+        Rule::kw_credential | Rule::with_credential => "'credential'",
         Rule::kw_via | Rule::via_clause => "'via'",
         Rule::kw_expect | Rule::expect | Rule::expect_reason => "'expect'",
         Rule::kw_by => "'by'",
@@ -441,6 +442,7 @@ impl Builder {
             at: None,
             counts: Vec::new(),
             approved: Vec::new(),
+            credential: None,
             via: None,
             expect: EffectKw::Block,
             expect_by: None,
@@ -494,6 +496,12 @@ impl Builder {
                     if let Some(s) = self.only_string(c)? {
                         t.approved.push(s);
                     }
+                }
+                Rule::with_credential => {
+                    if t.credential.is_some() {
+                        t.repeated.push(("with credential", cspan));
+                    }
+                    t.credential = self.only_string(c)?;
                 }
                 Rule::via_clause => {
                     if t.via.is_some() {

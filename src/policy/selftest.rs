@@ -58,6 +58,7 @@ fn run_one(program: &Program, t: &CTest) -> TestResult {
             agent: &t.agent,
             now_ms: t.now_ms,
             approved: &t.approved,
+            credential: &t.credential,
         },
         &Stated { program, test: t },
     );

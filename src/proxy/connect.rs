@@ -52,6 +52,7 @@ async fn open(
     let decision = state.decider.admit(
         &[Action::net_connect(&target)],
         &agent.name,
+        "none",
         crate::decider::now_ms(),
     );
     if decision.effect != Effect::Allow {

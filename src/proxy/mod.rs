@@ -37,6 +37,12 @@ pub struct ProxyState {
     pub drafts: drafts::Drafts,
     /// Gmail resumable upload sessions in progress.
     pub uploads: resumable::Uploads,
+    /// Where real tokens come from.
+    pub vault: Arc<dyn crate::vault::Vault>,
+    /// The placeholders agents hold.
+    pub placeholders: crate::vault::inject::Placeholders,
+    /// GitHub Enterprise Server hosts (their tokens are GitHub's).
+    pub github_enterprise: BTreeSet<String>,
     /// The agents the proxy credentials are checked against.
     pub agents: crate::agents::Agents,
     /// The active policy and the counters: every decision comes from here.

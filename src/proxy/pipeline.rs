@@ -20,6 +20,8 @@ use crate::actions::host::Authority;
 use crate::actions::{Action, ClassifyError, canonical};
 use crate::agents::Agent;
 use crate::policy::Effect;
+use crate::vault::Provider;
+use crate::vault::inject::{self, Credential, Scheme};
 
 /// How long, and how much, the gate keeps reading a refused oversized body so that the client
 /// sees the 413 instead of a reset connection.
@@ -83,9 +85,16 @@ async fn run(
     for action in &mut actions {
         state.drafts.complete_send(agent, action);
     }
-    let mut decision = state
-        .decider
-        .admit(&actions, agent, crate::decider::now_ms());
+    let host = origin.target.host.as_str();
+    let provider = inject::provider_for(host, &state.github_enterprise);
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let credential = inject::credential(provider, &state.placeholders, &parts.headers, query);
+    let mut decision = state.decider.admit(
+        &actions,
+        agent,
+        credential.as_str(),
+        crate::decider::now_ms(),
+    );
     match decision.effect {
         Effect::Allow => {}
         Effect::Block => return Err(Refusal::Blocked(decision)),
@@ -104,6 +113,16 @@ async fn run(
         .find(|a| a.params.get("resumable").and_then(|v| v.as_str()) == Some("start"))
         .map(|a| (a.clone(), parts.headers.clone()));
     let draft_write = actions.iter().find(|a| Drafts::writes_draft(a)).cloned();
+    let path = credentials(
+        state,
+        origin,
+        provider,
+        credential,
+        &actions,
+        &mut parts.headers,
+        path,
+    )
+    .await?;
     let upstream = upstream_request(parts, body, origin, &path)?;
     let resp = state
         .forwarder
@@ -121,6 +140,50 @@ async fn run(
         return Ok(downstream(state.drafts.written(agent, &action, resp).await));
     }
     Ok(downstream(resp.map(BodyExt::boxed)))
+}
+
+/// After an allow: the agent's placeholder (or, on git, no credential at all: git sends none
+/// until a 401) is replaced by the real token fetched from the vault now, for the agent's
+/// vault identity. Nothing is injected over plain HTTP, for a host no provider serves, or when
+/// the request carries a foreign credential the policy chose to let through.
+async fn credentials(
+    state: &ProxyState,
+    origin: &Origin,
+    provider: Option<Provider>,
+    credential: Credential,
+    actions: &[Action],
+    headers: &mut http::HeaderMap,
+    path: String,
+) -> Result<String, Refusal> {
+    let Some(provider) = provider.filter(|_| origin.scheme == "https") else {
+        return Ok(path);
+    };
+    let git = actions.iter().any(|a| a.name.starts_with("git."));
+    let wanted = match credential {
+        Credential::Placeholder => true,
+        Credential::None => git,
+        Credential::Foreign => false,
+    };
+    if !wanted {
+        return Ok(path);
+    }
+    let user = origin
+        .agent
+        .user
+        .clone()
+        .unwrap_or_else(|| origin.agent.name.clone());
+    let token = state.vault.token(&user, provider).await.map_err(|e| {
+        Refusal::Vault(format!(
+            "the vault could not supply a {provider} token for agent {:?} (vault user {user:?}): {e}; nothing was forwarded",
+            origin.agent.name
+        ))
+    })?;
+    let scheme = if git {
+        Scheme::GitBasic
+    } else {
+        Scheme::Bearer
+    };
+    inject::inject(headers, &path, scheme, &token).map_err(Refusal::Vault)
 }
 
 /// The actions of a request. On intercepted hosts the catalog canonicalises and classifies

@@ -34,6 +34,8 @@ pub enum Refusal {
     HeadersTooLarge(String),
     /// The upstream could not be reached or failed (502).
     Upstream(String),
+    /// The vault could not supply a token (503); nothing forwarded.
+    Vault(String),
     /// The gate is at a capacity limit (503).
     Overloaded(String),
 }
@@ -48,7 +50,7 @@ impl Refusal {
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Overloaded(_) | Refusal::Vault(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -63,6 +65,7 @@ impl Refusal {
             Refusal::HeadersTooLarge(_) => Some("headers_too_large"),
             Refusal::Upstream(_) => Some("upstream_failed"),
             Refusal::Overloaded(_) => Some("overloaded"),
+            Refusal::Vault(_) => Some("vault_unavailable"),
         }
     }
 
@@ -77,7 +80,8 @@ impl Refusal {
             | Refusal::Misdirected(r)
             | Refusal::HeadersTooLarge(r)
             | Refusal::Upstream(r)
-            | Refusal::Overloaded(r) => r.clone(),
+            | Refusal::Overloaded(r)
+            | Refusal::Vault(r) => r.clone(),
         }
     }
 

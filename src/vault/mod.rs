@@ -11,6 +11,7 @@ pub mod auth0;
 pub mod command;
 pub mod env;
 pub mod file;
+pub mod inject;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -328,8 +328,11 @@ impl TestGate {
         config.agents = vec![agentgate::config::Principal {
             name: TEST_AGENT.into(),
             token_sha256: agentgate::agents::sha256(TEST_TOKEN),
-            user: None,
+            user: Some(TEST_USER.into()),
         }];
+        config.vault.source = agentgate::config::VaultSource::File {
+            path: write_vault_file(dir.path()),
+        };
         std::fs::create_dir_all(&config.policies_dir).unwrap();
         TestGate::policy(&mut config, "base", BASE_POLICY);
         edit(&mut config);
@@ -429,6 +432,35 @@ impl TestGate {
         }
         TestGate::policy(config, "only", text);
     }
+}
+
+/// The vault identity of the test agent, and the real tokens the test vault holds for it.
+pub const TEST_USER: &str = "auth0|test-user";
+pub const REAL_GITHUB_TOKEN: &str = "ghs_REALtokenFROMtheVAULT0123456789abcd";
+pub const REAL_GOOGLE_TOKEN: &str = "ya29.REAL-google-token-from-the-vault";
+pub const GITHUB_PLACEHOLDER: &str = "agentgate-placeholder-github";
+pub const GOOGLE_PLACEHOLDER: &str = "agentgate-placeholder-google";
+
+/// A file-backend vault (mode 0600) holding the real tokens for `TEST_USER`.
+pub fn write_vault_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("vault.toml");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        format!(
+            "[users.\"{TEST_USER}\"]\ngithub = \"{REAL_GITHUB_TOKEN}\"\ngoogle = \"{REAL_GOOGLE_TOKEN}\"\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    path
 }
 
 /// The agent every test gate knows, and its proxy token.
