@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::agents;
 use crate::config::Config;
+use crate::vault::inject::Placeholders;
 
 /// Variables that make common clients trust the bundle (system roots + the gate's CA).
 const CA_VARS: [&str; 5] = [
@@ -15,6 +16,11 @@ const CA_VARS: [&str; 5] = [
     "REQUESTS_CA_BUNDLE",  // Python requests
     "NODE_EXTRA_CA_CERTS", // Node.js
 ];
+
+/// Variables GitHub clients read a token from (gh, Octokit-based tools, actions tooling).
+const GITHUB_TOKEN_VARS: [&str; 2] = ["GITHUB_TOKEN", "GH_TOKEN"];
+/// Variables Google clients and tools read an OAuth access token from.
+const GOOGLE_TOKEN_VARS: [&str; 1] = ["GOOGLE_OAUTH_ACCESS_TOKEN"];
 
 /// The environment variable `agentgate env --agent NAME` reads a configured agent's token from
 /// (the gate keeps only its SHA-256).
@@ -90,6 +96,7 @@ pub fn export_lines(
     dashboard: SocketAddr,
     creds: Option<(&str, &str)>,
     bundle: &Path,
+    placeholders: &Placeholders,
 ) -> String {
     let userinfo = creds.map_or(String::new(), |(name, token)| format!("{name}:{token}@"));
     let proxy_url = format!("http://{userinfo}{}", reachable(proxy));
@@ -105,6 +112,13 @@ pub fn export_lines(
     let bundle = bundle.to_string_lossy();
     for var in CA_VARS {
         let _ = writeln!(out, "export {var}={}", quote(&bundle));
+    }
+    // Placeholders, never real tokens: the gate swaps in the real one after an allow.
+    for var in GITHUB_TOKEN_VARS {
+        let _ = writeln!(out, "export {var}={}", quote(&placeholders.github));
+    }
+    for var in GOOGLE_TOKEN_VARS {
+        let _ = writeln!(out, "export {var}={}", quote(&placeholders.google));
     }
     out
 }
@@ -138,7 +152,11 @@ mod tests {
             "127.0.0.1:8081".parse().unwrap(),
             Some(("coder", "agt_x")),
             Path::new("/x/it's/bundle.pem"),
+            &Placeholders::default(),
         );
+        assert!(out.contains("export GITHUB_TOKEN='agentgate-placeholder-github'\n"));
+        assert!(out.contains("export GH_TOKEN='agentgate-placeholder-github'\n"));
+        assert!(out.contains("export GOOGLE_OAUTH_ACCESS_TOKEN='agentgate-placeholder-google'\n"));
         assert!(out.contains("export HTTPS_PROXY='http://coder:agt_x@127.0.0.1:8080'\n"));
         assert!(out.contains("export http_proxy='http://coder:agt_x@127.0.0.1:8080'\n"));
         assert!(out.contains("export NO_PROXY='127.0.0.1'\n"));

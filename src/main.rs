@@ -239,7 +239,8 @@ fn dispatch(command: Command) -> Result<(), String> {
                     config.proxy_listen,
                     config.dashboard_listen,
                     Some((&name, &token)),
-                    &bundle
+                    &bundle,
+                    &config.placeholders,
                 )
             );
             Ok(())

@@ -181,12 +181,77 @@ async fn env_prints_every_variable_for_every_client() {
         "GIT_SSL_CAINFO",
         "REQUESTS_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "GOOGLE_OAUTH_ACCESS_TOKEN",
     ] {
         assert!(
             text.contains(&format!("export {var}=")),
             "{var} missing:\n{text}"
         );
     }
+    // The default agent's credentials are in the proxy URL; the token file is private.
+    let token = std::fs::read_to_string(dir.path().join("data/agent-default.token")).unwrap();
+    assert!(
+        text.contains(&format!(
+            "export HTTPS_PROXY='http://default:{}@",
+            token.trim()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("export GITHUB_TOKEN='agentgate-placeholder-github'"));
+
+    // A configured agent: env needs its token (the gate keeps only the hash).
+    let cfg_text = std::fs::read_to_string(&config).unwrap();
+    let new = Command::new(BIN)
+        .args(["agent", "new", "coder"])
+        .output()
+        .await
+        .unwrap();
+    assert!(new.status.success());
+    let printed = String::from_utf8(new.stdout).unwrap();
+    let agent_token = printed
+        .split("AGENTGATE_AGENT_TOKEN='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap()
+        .to_string();
+    let block = printed.split_once("[[agents]]").unwrap().1;
+    std::fs::write(&config, format!("{cfg_text}\n[[agents]]{block}")).unwrap();
+    let without = Command::new(BIN)
+        .args(["env", "--agent", "coder", "--config"])
+        .arg(&config)
+        .env_remove("AGENTGATE_AGENT_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("AGENTGATE_AGENT_TOKEN"));
+    let wrong = Command::new(BIN)
+        .args(["env", "--agent", "coder", "--config"])
+        .arg(&config)
+        .env("AGENTGATE_AGENT_TOKEN", "agt_wrong")
+        .output()
+        .await
+        .unwrap();
+    assert!(!wrong.status.success());
+    let with = Command::new(BIN)
+        .args(["env", "--agent", "coder", "--config"])
+        .arg(&config)
+        .env("AGENTGATE_AGENT_TOKEN", &agent_token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(
+        String::from_utf8(with.stdout)
+            .unwrap()
+            .contains(&format!("http://coder:{agent_token}@"))
+    );
     let bundle = dir.path().join("certs/bundle.pem");
     assert!(text.contains(&format!(
         "'{}'",
