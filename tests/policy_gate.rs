@@ -189,3 +189,47 @@ async fn a_rate_limit_admits_exactly_its_limit() {
     assert_eq!(v["rules"], serde_json::json!(["issue-rate"]));
     assert_eq!(up.requests().len(), 3);
 }
+
+/// A Gmail batch of two reads whose second part carries `authorization`.
+fn batch_with_part_auth(auth: &str) -> String {
+    format!(
+        "--B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+1>\r\n\r\nGET /gmail/v1/users/me/labels HTTP/1.1\r\n\r\n\r\n\
+         --B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+2>\r\n\r\nGET /gmail/v1/users/me/messages?maxResults=1 HTTP/1.1\r\nauthorization: {auth}\r\n\r\n\r\n\
+         --B0undary--\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_real_token_hidden_in_a_batch_part_is_foreign() {
+    let ca = TestCa::new("upstream");
+    let up = FakeUpstream::tls(&ca, &["gmail.googleapis.com"], &[b"http/1.1"]).await;
+    let gate = TestGate::start(&ca, &[("gmail.googleapis.com", up.addr)], |c| {
+        TestGate::only_policy(c, agentgate::app::DEFAULT_POLICY)
+    })
+    .await;
+    let client = gate.reqwest(false);
+    let send = |auth: &str| {
+        client
+            .post("https://gmail.googleapis.com/batch/gmail/v1")
+            .header("content-type", "multipart/mixed; boundary=B0undary")
+            .header("authorization", "Bearer agentgate-placeholder-google")
+            .body(batch_with_part_auth(auth))
+            .send()
+    };
+    let r = send("Bearer ya29.a-real-token-the-agent-should-not-have")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["rules"], serde_json::json!(["foreign-credential"]));
+    assert!(up.requests().is_empty());
+    // The same batch with the placeholder in the part is allowed; the outer request gets the
+    // real token.
+    let r = send("Bearer agentgate-placeholder-google").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let rec = up.requests().pop().unwrap();
+    assert_eq!(
+        rec.headers["authorization"],
+        format!("Bearer {REAL_GOOGLE_TOKEN}").as_str()
+    );
+}

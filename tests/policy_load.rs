@@ -373,7 +373,7 @@ fn type_errors_are_load_errors() {
         (
             "allow \"x\" on github.issues.get when params.issue_number in [\"a\"];",
             "params.issue_number in",
-            &["looks for a int in a list of string"],
+            &["looks for an int in a list of string"],
         ),
         (
             "allow \"x\" on github.pulls.create when params.title within daily 08:00..09:00 in \"Europe/London\";",

@@ -349,6 +349,12 @@ struct Scope<'s> {
 
 impl<'a> Checker<'a> {
     fn err(&mut self, span: Span, msg: impl Into<String>) {
+        // Messages are written "a {type}"; the two type names that start with a vowel read
+        // "an int" and "an any".
+        let msg = msg
+            .into()
+            .replace(" a int", " an int")
+            .replace(" a any", " an any");
         self.errors.push(LoadError::at(self.sources, span, msg));
     }
 

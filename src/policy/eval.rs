@@ -160,7 +160,8 @@ impl Decision {
 pub struct ClauseTrace {
     pub clause: &'static str,
     pub source: String,
-    /// `true`, `false` or `unknown`.
+    /// `true`, `false`, `unknown`, or `skipped` (not evaluated: the rule's conditions were
+    /// already false).
     pub value: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -467,36 +468,42 @@ impl<'a> Ev<'a> {
         let mut errors = Vec::new();
         let mut clauses = Vec::new();
         let mut cond = Tri::T;
-        let mut record = |kind: &'static str, source: &str, t: &Tri, errors: &mut Vec<String>| {
-            if let Tri::U(e) = t {
-                errors.push(e.clone());
-            }
-            if trace {
-                clauses.push(ClauseTrace {
-                    clause: kind,
-                    source: source.to_string(),
-                    value: t.name(),
-                    error: match t {
-                        Tri::U(e) => Some(e.clone()),
-                        _ => None,
-                    },
-                });
-            }
-        };
+        // `None`: the clause was not evaluated (the conditions were already false).
+        let mut record =
+            |kind: &'static str, source: &str, t: Option<&Tri>, errors: &mut Vec<String>| {
+                if let Some(Tri::U(e)) = t {
+                    errors.push(e.clone());
+                }
+                if trace {
+                    clauses.push(ClauseTrace {
+                        clause: kind,
+                        source: source.to_string(),
+                        value: t.map_or("skipped", Tri::name),
+                        error: match t {
+                            Some(Tri::U(e)) => Some(e.clone()),
+                            _ => None,
+                        },
+                    });
+                }
+            };
+        // Once the conditions are false the rest is skipped, traced or not, so `explain`
+        // spends the step budget exactly as the decision does.
         for c in &r.when {
-            if cond == Tri::F && !trace {
-                break;
+            if cond == Tri::F {
+                record("when", &c.source, None, &mut errors);
+                continue;
             }
             let t = self.truth(&c.expr);
-            record("when", &c.source, &t, &mut errors);
+            record("when", &c.source, Some(&t), &mut errors);
             cond = and(cond, t);
         }
         for c in &r.unless {
-            if cond == Tri::F && !trace {
-                break;
+            if cond == Tri::F {
+                record("unless", &c.source, None, &mut errors);
+                continue;
             }
             let t = self.truth(&c.expr);
-            record("unless", &c.source, &t, &mut errors);
+            record("unless", &c.source, Some(&t), &mut errors);
             cond = and(cond, t.not());
         }
         let (fires, on_error) = match (r.effect, &cond) {
@@ -508,7 +515,7 @@ impl<'a> Ev<'a> {
                 let mut fires = true;
                 if let Some(ex) = &r.exempt {
                     let t = self.truth(&ex.expr);
-                    record("exempt", &ex.source, &t, &mut errors);
+                    record("exempt", &ex.source, Some(&t), &mut errors);
                     match t {
                         Tri::T => fires = false,
                         Tri::U(_) => on_error = true,

@@ -16,6 +16,7 @@ use super::respond::{self, REQUEST_ID_HEADER, Refusal, RequestId};
 use super::resumable::Uploads;
 use super::{ProxyState, RespBody};
 use crate::actions::catalog::Catalog;
+use crate::actions::gmail_batch;
 use crate::actions::host::Authority;
 use crate::actions::{Action, ClassifyError, canonical};
 use crate::agents::Agent;
@@ -88,7 +89,10 @@ async fn run(
     let host = origin.target.host.as_str();
     let provider = inject::provider_for(host, &state.github_enterprise);
     let query = path.split_once('?').map_or("", |(_, q)| q);
-    let credential = inject::credential(provider, &state.placeholders, &parts.headers, query);
+    let credential = inject::credential(provider, &state.placeholders, &parts.headers, query)
+        .worst(batch_credential(
+            state, provider, origin, &parts, &body, &path,
+        ));
     let mut decision = state.decider.admit(
         &actions,
         agent,
@@ -140,6 +144,48 @@ async fn run(
         return Ok(downstream(state.drafts.written(agent, &action, resp).await));
     }
     Ok(downstream(resp.map(BodyExt::boxed)))
+}
+
+/// The credentials the parts of a Google batch carry in their own headers or URLs (a real
+/// token hidden in a part is as foreign as one on the outer request). Part-level placeholders
+/// are not replaced: the batch is forwarded as inspected, and the outer request's token is the
+/// one the gate sets.
+fn batch_credential(
+    state: &ProxyState,
+    provider: Option<Provider>,
+    origin: &Origin,
+    parts: &Parts,
+    body: &Bytes,
+    path: &str,
+) -> Credential {
+    if provider != Some(Provider::Google) || !gmail_batch::is_batch_path(path) {
+        return Credential::None;
+    }
+    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+    let Ok(query) = canonical::parse_query(query) else {
+        return Credential::Foreign;
+    };
+    let req = crate::actions::Request {
+        host: &origin.target.host,
+        method: parts.method.as_str(),
+        path: path_only,
+        query: &query,
+        headers: &parts.headers,
+        body,
+    };
+    match gmail_batch::split(&req) {
+        Ok(inner) => inner.iter().fold(Credential::None, |acc, part| {
+            let q = part.path_and_query.split_once('?').map_or("", |(_, q)| q);
+            acc.worst(inject::credential(
+                provider,
+                &state.placeholders,
+                &part.headers,
+                q,
+            ))
+        }),
+        // The catalog accepted this batch, so it splits; if it ever did not, refuse to trust it.
+        Err(_) => Credential::Foreign,
+    }
 }
 
 /// After an allow: the agent's placeholder (or, on git, no credential at all: git sends none

@@ -92,7 +92,7 @@ impl Credential {
     }
 
     /// The stricter of two findings: foreign > placeholder > none.
-    fn worst(self, other: Credential) -> Credential {
+    pub fn worst(self, other: Credential) -> Credential {
         use Credential::*;
         match (self, other) {
             (Foreign, _) | (_, Foreign) => Foreign,
