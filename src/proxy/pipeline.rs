@@ -229,7 +229,12 @@ async fn credentials(
     } else {
         Scheme::Bearer
     };
-    inject::inject(headers, &path, scheme, &token).map_err(Refusal::Vault)
+    inject::inject(headers, &path, scheme, &token).map_err(|e| {
+        Refusal::Vault(format!(
+            "the {provider} token the vault supplied for agent {:?} (vault user {user:?}) cannot be used: {e}; nothing was forwarded",
+            origin.agent.name
+        ))
+    })
 }
 
 /// The actions of a request. On intercepted hosts the catalog canonicalises and classifies

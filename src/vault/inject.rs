@@ -119,12 +119,13 @@ pub fn credential(
         match authorization_token(v) {
             Some(AuthForm::Token(t)) => found = found.worst(judge(&t)),
             Some(AuthForm::Basic(user, pass)) => {
-                // The placeholder may be the password (git, curl -u) or the user name (the
-                // TOKEN:x-oauth-basic convention); anything else in the pair is judged too.
+                // The placeholder may be the password (git, curl -u: the user name is then
+                // any login) or the user name (the TOKEN:x-oauth-basic convention, whose
+                // password is `x-oauth-basic` or empty). Any other password is a credential.
                 let is_ph = |s: &str| placeholders.provider_of(s).is_some();
                 let kind = if is_ph(&pass) {
                     judge(&pass)
-                } else if is_ph(&user) {
+                } else if is_ph(&user) && matches!(pass.as_str(), "" | "x-oauth-basic") {
                     judge(&user)
                 } else {
                     Credential::Foreign
@@ -311,6 +312,7 @@ mod tests {
             "Bearer ghp_0123456789abcdef0123456789abcdef0123".to_string(),
             "Bearer agentgate-placeholder-google".into(), // another provider's placeholder
             basic("x-access-token", "ghp_real"),
+            basic("agentgate-placeholder-github", "ghp_real"), // a token next to the placeholder
             "Digest username=x".into(),
             "agentgate-placeholder-github".into(), // no scheme
         ] {

@@ -125,10 +125,13 @@ pub struct Recorded {
 /// - `/hop`: a response carrying hop-by-hop headers;
 /// - `/status/N`: an empty response with status N;
 /// - anything else: 200 with `ok <METHOD> <PATH>` and `x-upstream: fake`.
+///
+/// After [`FakeUpstream::challenge`], the next requests are answered 401 instead (and recorded).
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
     release: Arc<Notify>,
+    challenges: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeUpstream {
@@ -148,18 +151,26 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
-        let (s, r) = (seen.clone(), release.clone());
+        let challenges = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r, c) = (seen.clone(), release.clone(), challenges.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let _ = stream.set_nodelay(true);
-                let (tls, s, r) = (tls.clone(), s.clone(), r.clone());
+                let (tls, s, r, c) = (tls.clone(), s.clone(), r.clone(), c.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let (s, r) = (s.clone(), r.clone());
-                        async move { Ok::<_, Infallible>(respond(req, s, r).await) }
+                        let (s, r, c) = (s.clone(), r.clone(), c.clone());
+                        async move {
+                            let resp = if challenged(&c) {
+                                challenge(req, &s).await
+                            } else {
+                                respond(req, s, r).await
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -180,7 +191,15 @@ impl FakeUpstream {
             addr,
             seen,
             release,
+            challenges,
         }
+    }
+
+    /// Answers the next `n` requests 401 with `WWW-Authenticate: Basic realm="GitHub"`, as
+    /// GitHub does when it does not accept a request's credentials (the requests are recorded).
+    pub fn challenge(&self, n: usize) {
+        self.challenges
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -193,6 +212,40 @@ impl FakeUpstream {
 }
 
 type FakeBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Takes one pending challenge, if any.
+fn challenged(pending: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    pending
+        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Records `req` and answers it 401 with a Basic challenge.
+async fn challenge(req: Request<Incoming>, seen: &Mutex<Vec<Recorded>>) -> Response<FakeBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.to_vec(),
+    });
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("www-authenticate", "Basic realm=\"GitHub\"")
+        .body(full("Bad credentials"))
+        .unwrap()
+}
 
 async fn respond(
     req: Request<Incoming>,
