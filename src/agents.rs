@@ -201,10 +201,16 @@ pub fn default_token(data_dir: &Path) -> Result<Option<String>, AgentsError> {
 }
 
 fn ensure_default_token(data_dir: &Path) -> Result<String, AgentsError> {
-    if let Some(t) = default_token(data_dir)? {
-        return Ok(t);
+    ensure_token_file(data_dir, DEFAULT_TOKEN_FILE)
+}
+
+/// The token kept in `data_dir/file`, created (random, mode 0600) when missing; refused when
+/// readable by others.
+pub fn ensure_token_file(data_dir: &Path, file: &str) -> Result<String, AgentsError> {
+    let path = data_dir.join(file);
+    if path.exists() {
+        return read_private(&path);
     }
-    let path = data_dir.join(DEFAULT_TOKEN_FILE);
     let io = |source| AgentsError::Io {
         path: path.clone(),
         source,
@@ -225,7 +231,8 @@ fn ensure_default_token(data_dir: &Path) -> Result<String, AgentsError> {
     Ok(token)
 }
 
-fn read_private(path: &Path) -> Result<String, AgentsError> {
+/// A token file's content, refused when the file is readable by others.
+pub fn read_private(path: &Path) -> Result<String, AgentsError> {
     let io = |source| AgentsError::Io {
         path: path.to_path_buf(),
         source,

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::actions::catalog::Catalog;
 use crate::config::Config;
 use crate::counters::Counters;
+use crate::dashboard::{self, DashboardState, reviewers::Reviewers};
 use crate::decider::Decider;
 use crate::policy::Active;
 use crate::policy::schema::Schema;
@@ -56,6 +57,8 @@ pub enum AppError {
 pub struct Gate {
     /// Where the proxy listens (the bound address, useful with port 0).
     pub proxy_addr: SocketAddr,
+    /// Where the dashboard (reviewer API, `/metrics`) listens.
+    pub dashboard_addr: SocketAddr,
     /// The CA certificate agents must trust.
     pub ca_cert: PathBuf,
     /// System roots plus the CA, for agents' CA-bundle variables.
@@ -92,7 +95,10 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     ensure_policies(&config.policies_dir)?;
     let schema = Arc::new(Schema::builtin());
     let active = Arc::new(Active::new());
-    if let Err(e) = policy_files::reload(&config.policies_dir, &schema, &active) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let loaded = policy_files::reload(&config.policies_dir, &schema, &active);
+    metrics.policy_reload(loaded.is_ok());
+    if let Err(e) = loaded {
         eprintln!(
             "agentgate: the policies in {} did not load; every request is blocked until they do:\n{e}",
             config.policies_dir.display()
@@ -105,6 +111,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         schema,
         active.clone(),
         policy_files::RELOAD_INTERVAL,
+        Some(metrics.clone()),
     );
     let watcher = tokio::spawn(async move {
         tokio::join!(watch, prune_counters(counters));
@@ -125,7 +132,20 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         addr: config.proxy_listen,
         source,
     })?;
-    let own_addrs = vec![proxy_addr, config.dashboard_listen];
+    let dashboard_listener =
+        TcpListener::bind(config.dashboard_listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.dashboard_listen,
+                source,
+            })?;
+    let dashboard_addr = dashboard_listener
+        .local_addr()
+        .map_err(|source| AppError::Bind {
+            addr: config.dashboard_listen,
+            source,
+        })?;
+    let own_addrs = vec![proxy_addr, dashboard_addr];
     let dialer = Dialer::new(
         config.upstream.overrides.clone(),
         config.upstream.connect_timeout,
@@ -145,13 +165,32 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         issuer: issuer.clone(),
         forwarder: Forwarder::new(upstream_tls, dialer),
         own_addrs,
+        metrics: metrics.clone(),
+    });
+    let dashboard_state = Arc::new(DashboardState {
+        reviewers: Reviewers::load(&config.reviewers, &config.data_dir)?,
+        metrics,
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(async move {
+        let (stop_dash, dash_stopped) = oneshot::channel::<()>();
+        let dash = tokio::spawn(dashboard::serve(
+            dashboard_listener,
+            dashboard_state,
+            async {
+                let _ = dash_stopped.await;
+            },
+        ));
+        listener::serve(listener, state, async {
+            let _ = stopped.await;
+        })
+        .await;
+        let _ = stop_dash.send(());
+        let _ = dash.await;
+    });
     Ok(Gate {
         proxy_addr,
+        dashboard_addr,
         ca_cert,
         bundle,
         created_ca,
@@ -189,11 +228,15 @@ fn banner(config: &Config, gate: &Gate) -> String {
          agentgate: intercepting {hosts}\n\
          agentgate: CA certificate {ca}\n\
          \n\
+         agentgate: dashboard on {dash} (reviewer token in {data}/reviewer.token unless [[reviewers]] are configured)\n\
+         \n\
          Point an agent at the gate (in the agent's shell):\n\
          \x20   eval \"$(agentgate env{cfg})\"\n",
         addr = gate.proxy_addr,
         hosts = hosts.join(", "),
         ca = gate.ca_cert.display(),
+        dash = dashboard::url(gate.dashboard_addr),
+        data = config.data_dir.display(),
         cfg = if config.proxy_listen.port() == gate.proxy_addr.port() {
             String::new()
         } else {

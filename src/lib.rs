@@ -9,11 +9,14 @@
 //! - [`actions`]: what a request does: canonicalisation, the catalog and its generated route
 //!   tables, one pure classifier per protocol (git smart HTTP, ...); no I/O.
 //! - [`policy`]: decisions; pure, no I/O, no clock.
+//! - [`dashboard`]: the reviewers' listener: `/metrics` (the reviewer API comes with step-up).
 //! - [`decider`]: admission: the active policy decides, the counters reserve what it admits.
 //! - [`policy_cli`]: `agentgate policy check|test|explain`.
 //! - [`policy_files`]: the policy directory: reading a set, hot reload.
 //! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
+//! - [`metrics`]: the counters and histograms served at `/metrics`.
 //! - [`store`]: the data directory's sled database, opened once per process.
+//!   sled store, retention, export and verify.
 //! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
@@ -26,7 +29,9 @@ pub mod app;
 pub mod classify;
 pub mod config;
 pub mod counters;
+pub mod dashboard;
 pub mod decider;
+pub mod metrics;
 pub mod policy;
 pub mod policy_cli;
 pub mod policy_files;

@@ -134,6 +134,7 @@ pub async fn watch(
     schema: Arc<Schema>,
     active: Arc<Active>,
     interval: Duration,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let mut last = {
         let d = dir.clone();
@@ -152,9 +153,11 @@ pub async fn watch(
         }
         last = now;
         let (d, s, a) = (dir.clone(), schema.clone(), active.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = reload(&d, &s, &a);
-        })
-        .await;
+        let loaded = tokio::task::spawn_blocking(move || reload(&d, &s, &a).is_ok())
+            .await
+            .unwrap_or(false);
+        if let Some(m) = &metrics {
+            m.policy_reload(loaded);
+        }
     }
 }

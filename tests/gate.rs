@@ -651,12 +651,15 @@ async fn the_gate_refuses_to_proxy_to_itself() {
 async fn a_name_that_resolves_to_the_gate_is_refused() {
     let ca = TestCa::new("upstream");
     // `loop.example` is allowed for tunnels, but it leads to the gate's dashboard address.
-    let gate = TestGate::start(
-        &ca,
-        &[("loop.example", "127.0.0.1:1".parse().unwrap())],
-        |c| TestGate::tunnel_allow(c, "loop.example", None),
-    )
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dashboard = free.local_addr().unwrap();
+    drop(free);
+    let gate = TestGate::start(&ca, &[("loop.example", dashboard)], |c| {
+        c.dashboard_listen = dashboard;
+        TestGate::tunnel_allow(c, "loop.example", None)
+    })
     .await;
+    assert_eq!(gate.gate.dashboard_addr, dashboard);
     let (mut s, head) = connect(gate.addr(), "loop.example:443").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let body = exchange(&mut s, b"", Duration::from_millis(300)).await;

@@ -233,3 +233,50 @@ async fn a_real_token_hidden_in_a_batch_part_is_foreign() {
         format!("Bearer {REAL_GOOGLE_TOKEN}").as_str()
     );
 }
+
+#[tokio::test]
+async fn metrics_count_decisions_for_reviewers_only() {
+    let (_ca, _up, gate) = with_policy(agentgate::app::DEFAULT_POLICY).await;
+    let client = gate.reqwest(false);
+    for _ in 0..2 {
+        let r = client
+            .delete("https://api.github.com/repos/acme/api")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let r = client
+        .get("https://api.github.com/repos/acme/api")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let url = format!("http://{}/metrics", gate.gate.dashboard_addr);
+    let direct = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = direct.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = direct
+        .get(&url)
+        .bearer_auth(TEST_TOKEN) // an agent's token is not a reviewer's
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let token = std::fs::read_to_string(gate.config.data_dir.join("reviewer.token")).unwrap();
+    let r = direct
+        .get(&url)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("agentgate_requests_total{decision=\"block\",family=\"github\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("agentgate_requests_total{decision=\"allow\",family=\"github\"} 1"));
+    assert!(text.contains("agentgate_upstream_seconds_count 1"));
+    assert!(text.contains("agentgate_policy_reloads_total{result=\"loaded\"} 1"));
+}

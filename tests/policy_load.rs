@@ -268,7 +268,7 @@ fn unknown_actions_are_named_with_a_suggestion() {
     let t = with_default("block \"x\" on github.repos.de**;\n");
     fails_at(&t, "github.repos.de**", &["`**` must be a whole segment"]);
     let t = with_default("block \"x\" on github.repos.**x;\n");
-    fails_at(&t, "x;", &["expected ';'"]);
+    fails_at(&t, "github.repos.**x", &["`**` must be a whole segment"]);
     let long = vec!["a"; 40].join(".");
     let t = with_default(&format!("block \"x\" on {long};\n"));
     fails_at(&t, &long, &["at most 32"]);

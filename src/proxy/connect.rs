@@ -55,6 +55,7 @@ async fn open(
         "none",
         crate::decider::now_ms(),
     );
+    state.metrics.decided(&decision);
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }

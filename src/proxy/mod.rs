@@ -43,6 +43,8 @@ pub struct ProxyState {
     pub placeholders: crate::vault::inject::Placeholders,
     /// GitHub Enterprise Server hosts (their tokens are GitHub's).
     pub github_enterprise: BTreeSet<String>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The agents the proxy credentials are checked against.
     pub agents: crate::agents::Agents,
     /// The active policy and the counters: every decision comes from here.

@@ -55,7 +55,10 @@ pub async fn handle(
 ) -> Response<RespBody> {
     let rid = RequestId::new();
     let method = req.method().clone();
-    let mut resp = match run(&state, &origin, req).await {
+    let started = std::time::Instant::now();
+    let result = run(&state, &origin, req).await;
+    state.metrics.request_time(started.elapsed());
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(refusal) => {
             tracing::info!(request_id = %rid, %method, target = %origin.target, ?refusal, "refused");
@@ -99,6 +102,7 @@ async fn run(
         credential.as_str(),
         crate::decider::now_ms(),
     );
+    state.metrics.decided(&decision);
     match decision.effect {
         Effect::Allow => {}
         Effect::Block => return Err(Refusal::Blocked(decision)),
@@ -128,11 +132,13 @@ async fn run(
     )
     .await?;
     let upstream = upstream_request(parts, body, origin, &path)?;
+    let upstream_started = std::time::Instant::now();
     let resp = state
         .forwarder
         .send(upstream)
         .await
         .map_err(Refusal::Upstream)?;
+    state.metrics.upstream_time(upstream_started.elapsed());
     if let Some((action, request_headers)) = upload_start {
         if resp.status().is_success() {
             state
@@ -219,6 +225,7 @@ async fn credentials(
         .clone()
         .unwrap_or_else(|| origin.agent.name.clone());
     let token = state.vault.token(&user, provider).await.map_err(|e| {
+        state.metrics.vault_error(provider.name());
         Refusal::Vault(format!(
             "the vault could not supply a {provider} token for agent {:?} (vault user {user:?}): {e}; nothing was forwarded",
             origin.agent.name

@@ -372,7 +372,7 @@ impl TestGate {
         let dir = TempDir::new("gate");
         let mut config = Config::defaults_in(dir.path());
         config.proxy_listen = "127.0.0.1:0".parse().unwrap();
-        config.dashboard_listen = "127.0.0.1:1".parse().unwrap();
+        config.dashboard_listen = "127.0.0.1:0".parse().unwrap();
         config.upstream.extra_roots = vec![upstream_ca.write_pem(dir.path(), "upstream-ca.pem")];
         config.upstream.overrides = overrides
             .iter()
