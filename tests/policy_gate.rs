@@ -190,12 +190,15 @@ async fn a_rate_limit_admits_exactly_its_limit() {
     assert_eq!(up.requests().len(), 3);
 }
 
-/// A Gmail batch of two reads whose second part carries `authorization`.
+/// A Gmail batch of a read and a label creation whose parts carry `authorization`; the
+/// second part's body holds a line that looks like a placeholder header.
 fn batch_with_part_auth(auth: &str) -> String {
+    let body = "{\"name\": \"authorization: Bearer agentgate-placeholder-google\"}";
     format!(
-        "--B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+1>\r\n\r\nGET /gmail/v1/users/me/labels HTTP/1.1\r\n\r\n\r\n\
-         --B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+2>\r\n\r\nGET /gmail/v1/users/me/messages?maxResults=1 HTTP/1.1\r\nauthorization: {auth}\r\n\r\n\r\n\
-         --B0undary--\r\n"
+        "--B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+1>\r\n\r\nGET /gmail/v1/users/me/labels HTTP/1.1\r\nauthorization: Bearer agentgate-placeholder-google\r\n\r\n\r\n\
+         --B0undary\r\nContent-Type: application/http\r\nContent-ID: <a+2>\r\n\r\nPOST /gmail/v1/users/me/labels HTTP/1.1\r\nAuthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}\r\n\
+         --B0undary--\r\n",
+        body.len()
     )
 }
 
@@ -223,14 +226,48 @@ async fn a_real_token_hidden_in_a_batch_part_is_foreign() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["rules"], serde_json::json!(["foreign-credential"]));
     assert!(up.requests().is_empty());
-    // The same batch with the placeholder in the part is allowed; the outer request gets the
-    // real token.
-    let r = send("Bearer agentgate-placeholder-google").await.unwrap();
+    // The same batch with placeholders in the parts (as the Google API Python client writes
+    // them) is allowed: the outer request and each part's Authorization get the real token;
+    // the placeholder-looking line in a part's body is left alone.
+    let r = send("token agentgate-placeholder-google").await.unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "creating labels steps up under the default policy"
+    );
+    let allow_all = TestGate::start(&ca, &[("gmail.googleapis.com", up.addr)], |_| {}).await;
+    let r = allow_all
+        .reqwest(false)
+        .post("https://gmail.googleapis.com/batch/gmail/v1")
+        .header("content-type", "multipart/mixed; boundary=B0undary")
+        .header("authorization", "Bearer agentgate-placeholder-google")
+        .body(batch_with_part_auth("token agentgate-placeholder-google"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let rec = up.requests().pop().unwrap();
     assert_eq!(
         rec.headers["authorization"],
         format!("Bearer {REAL_GOOGLE_TOKEN}").as_str()
+    );
+    let sent = String::from_utf8(rec.body).unwrap();
+    assert_eq!(
+        sent.matches(&format!("authorization: Bearer {REAL_GOOGLE_TOKEN}\r\n"))
+            .count(),
+        1,
+        "{sent}"
+    );
+    assert_eq!(
+        sent.matches(&format!("Authorization: Bearer {REAL_GOOGLE_TOKEN}\r\n"))
+            .count(),
+        1,
+        "{sent}"
+    );
+    assert!(sent.contains("{\"name\": \"authorization: Bearer agentgate-placeholder-google\"}"));
+    assert_eq!(
+        rec.headers["content-length"],
+        sent.len().to_string().as_str()
     );
 }
 

@@ -59,6 +59,9 @@ pub struct InnerRequest {
     pub body: Vec<u8>,
     /// The part's Content-ID, as written (Google answers with `response-` + this id).
     pub content_id: Option<String>,
+    /// Where each `Authorization` value of the inner request's head lies in the batch body
+    /// (byte offsets): the only bytes the gate may rewrite when it injects a token into a part.
+    pub authorization_spans: Vec<(usize, usize)>,
 }
 
 fn bad(msg: impl Into<String>) -> ClassifyError {
@@ -93,10 +96,18 @@ pub fn split(req: &Request<'_>) -> Result<Vec<InnerRequest>, ClassifyError> {
         }
     }
     let boundary = boundary(req.headers)?;
+    let base = req.body.as_ptr() as usize;
     frame(req.body, boundary.as_bytes())?
         .into_iter()
         .enumerate()
-        .map(|(i, part)| parse_part(part).map_err(|e| in_part(i + 1, e)))
+        .map(|(i, part)| {
+            let mut inner = parse_part(part).map_err(|e| in_part(i + 1, e))?;
+            // The spans were taken as addresses inside `req.body`: make them offsets.
+            for span in &mut inner.authorization_spans {
+                *span = (span.0 - base, span.1 - base);
+            }
+            Ok(inner)
+        })
         .collect()
 }
 
@@ -404,7 +415,7 @@ fn parse_inner(bytes: &[u8]) -> Result<InnerRequest, ClassifyError> {
     if is_batch_path(&path_and_query) {
         return Err(bad("a batch inside a batch is not accepted"));
     }
-    let (headers, body) = parse_inner_head(rest)?;
+    let (headers, body, authorization_spans) = parse_inner_head(rest)?;
     check_inner_headers(&headers)?;
     let body = inner_body(&headers, body)?;
     Ok(InnerRequest {
@@ -413,6 +424,7 @@ fn parse_inner(bytes: &[u8]) -> Result<InnerRequest, ClassifyError> {
         headers,
         body,
         content_id: None,
+        authorization_spans,
     })
 }
 
@@ -493,14 +505,41 @@ fn check_gmail_authority(authority: &str, default_port: &str) -> Result<(), Clas
 
 /// The inner headers and the bytes after them. A part that ends right after its header lines
 /// (its blank line taken by the delimiter) has no body.
-fn parse_inner_head(rest: &[u8]) -> Result<(HeaderMap, &[u8]), ClassifyError> {
+/// The inner head's headers, the body after it, and the addresses of its `Authorization`
+/// values (in `rest`'s memory; [`split`] turns them into offsets).
+type InnerHead<'a> = (HeaderMap, &'a [u8], Vec<(usize, usize)>);
+
+fn authorization_spans(
+    parsed: &[u8],
+    rest: &[u8],
+    headers: &[httparse::Header<'_>],
+) -> Vec<(usize, usize)> {
+    // `parsed` is `rest` itself or a copy of it with a line break added: offsets into it are
+    // offsets into `rest`.
+    let (from, to) = (parsed.as_ptr() as usize, rest.as_ptr() as usize);
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| {
+            let start = h.value.as_ptr() as usize - from + to;
+            (start, start + h.value.len())
+        })
+        .collect()
+}
+
+fn parse_inner_head(rest: &[u8]) -> Result<InnerHead<'_>, ClassifyError> {
     if rest.is_empty() {
-        return Ok((HeaderMap::new(), rest));
+        return Ok((HeaderMap::new(), rest, Vec::new()));
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_INNER_HEADERS];
     let parsed = httparse::parse_headers(rest, &mut slots);
     if let Ok(httparse::Status::Complete((len, headers))) = parsed {
-        return Ok((to_header_map(headers)?, rest.get(len..).unwrap_or_default()));
+        let spans = authorization_spans(rest, rest, headers);
+        return Ok((
+            to_header_map(headers)?,
+            rest.get(len..).unwrap_or_default(),
+            spans,
+        ));
     }
     match parsed {
         Ok(_) if rest.ends_with(b"\n") => {
@@ -508,7 +547,8 @@ fn parse_inner_head(rest: &[u8]) -> Result<(HeaderMap, &[u8]), ClassifyError> {
             let mut slots = [httparse::EMPTY_HEADER; MAX_INNER_HEADERS];
             match httparse::parse_headers(&closed, &mut slots) {
                 Ok(httparse::Status::Complete((len, headers))) if len == closed.len() => {
-                    Ok((to_header_map(headers)?, &[]))
+                    let spans = authorization_spans(&closed, rest, headers);
+                    Ok((to_header_map(headers)?, &[], spans))
                 }
                 _ => Err(bad("the inner request headers do not parse")),
             }

@@ -21,8 +21,8 @@ use crate::actions::host::Authority;
 use crate::actions::{Action, ClassifyError, canonical};
 use crate::agents::Agent;
 use crate::policy::Effect;
-use crate::vault::Provider;
 use crate::vault::inject::{self, Credential, Scheme};
+use crate::vault::{Provider, Secret};
 
 /// How long, and how much, the gate keeps reading a refused oversized body so that the client
 /// sees the 413 instead of a reset connection.
@@ -121,7 +121,7 @@ async fn run(
         .find(|a| a.params.get("resumable").and_then(|v| v.as_str()) == Some("start"))
         .map(|a| (a.clone(), parts.headers.clone()));
     let draft_write = actions.iter().find(|a| Drafts::writes_draft(a)).cloned();
-    let path = credentials(
+    let (path, token) = credentials(
         state,
         origin,
         provider,
@@ -131,6 +131,12 @@ async fn run(
         path,
     )
     .await?;
+    if let (Some(token), Some(Provider::Google)) = (&token, provider) {
+        if let Some(rewritten) = batch_part_tokens(state, origin, &parts, &body, &path, token) {
+            body = Bytes::from(rewritten);
+        }
+    }
+    drop(token);
     let upstream = upstream_request(parts, body, origin, &path)?;
     let upstream_started = std::time::Instant::now();
     let resp = state
@@ -206,9 +212,9 @@ async fn credentials(
     actions: &[Action],
     headers: &mut http::HeaderMap,
     path: String,
-) -> Result<String, Refusal> {
+) -> Result<(String, Option<Secret>), Refusal> {
     let Some(provider) = provider.filter(|_| origin.scheme == "https") else {
-        return Ok(path);
+        return Ok((path, None));
     };
     let git = actions.iter().any(|a| a.name.starts_with("git."));
     let wanted = match credential {
@@ -217,7 +223,7 @@ async fn credentials(
         Credential::Foreign => false,
     };
     if !wanted {
-        return Ok(path);
+        return Ok((path, None));
     }
     let user = origin
         .agent
@@ -236,12 +242,45 @@ async fn credentials(
     } else {
         Scheme::Bearer
     };
-    inject::inject(headers, &path, scheme, &token).map_err(|e| {
+    let path = inject::inject(headers, &path, scheme, &token).map_err(|e| {
         Refusal::Vault(format!(
             "the {provider} token the vault supplied for agent {:?} (vault user {user:?}) cannot be used: {e}; nothing was forwarded",
             origin.agent.name
         ))
-    })
+    })?;
+    Ok((path, Some(token)))
+}
+
+/// A Google batch whose parts carry their own `Authorization` placeholder (the Google API
+/// Python client writes one into every part, and Google prefers it to the outer request's):
+/// those values, and only those, get the real token.
+fn batch_part_tokens(
+    state: &ProxyState,
+    origin: &Origin,
+    parts: &Parts,
+    body: &Bytes,
+    path: &str,
+    token: &Secret,
+) -> Option<Vec<u8>> {
+    if !gmail_batch::is_batch_path(path) {
+        return None;
+    }
+    let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+    let query = canonical::parse_query(query).ok()?;
+    let req = crate::actions::Request {
+        host: &origin.target.host,
+        method: parts.method.as_str(),
+        path: path_only,
+        query: &query,
+        headers: &parts.headers,
+        body,
+    };
+    let spans: Vec<(usize, usize)> = gmail_batch::split(&req)
+        .ok()?
+        .into_iter()
+        .flat_map(|p| p.authorization_spans)
+        .collect();
+    inject::rewrite_part_authorizations(body, &spans, &state.placeholders, Provider::Google, token)
 }
 
 /// The actions of a request. On intercepted hosts the catalog canonicalises and classifies

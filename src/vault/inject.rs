@@ -232,6 +232,41 @@ pub fn inject(
     Ok(strip_token_params(path_and_query))
 }
 
+/// A Google batch body with each part's own `Authorization` placeholder (the values at
+/// `spans`, byte ranges of the parts' heads found by the batch parser) replaced by `Bearer
+/// TOKEN`. Only those values change: a placeholder in a part's body, or any other header, is
+/// never touched. `None` when no part carries the placeholder.
+pub fn rewrite_part_authorizations(
+    body: &[u8],
+    spans: &[(usize, usize)],
+    placeholders: &Placeholders,
+    provider: Provider,
+    token: &Secret,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut at = 0;
+    let mut changed = false;
+    let mut sorted = spans.to_vec();
+    sorted.sort_unstable();
+    for (start, end) in sorted {
+        if start < at || end > body.len() || start > end {
+            return None;
+        }
+        let value = HeaderValue::from_bytes(body.get(start..end)?).ok()?;
+        let mut one = HeaderMap::new();
+        one.insert(header::AUTHORIZATION, value);
+        if credential(Some(provider), placeholders, &one, "") != Credential::Placeholder {
+            continue;
+        }
+        out.extend_from_slice(body.get(at..start)?);
+        out.extend_from_slice(format!("Bearer {}", token.expose()).as_bytes());
+        at = end;
+        changed = true;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    changed.then_some(out)
+}
+
 /// The path and query without the token query parameters (other pairs kept byte for byte).
 pub fn strip_token_params(path_and_query: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {
