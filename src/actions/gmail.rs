@@ -359,7 +359,7 @@ fn decode_raw(raw: &str) -> Result<Vec<u8>, ClassifyError> {
     }
     // Google also reads the standard alphabet; decode it as such, without rewriting the text
     // (a mix of both alphabets is refused by either engine).
-    let engine = if unpadded.bytes().any(|b| b == b'+' || b == b'/') {
+    let engine = if memchr::memchr2(b'+', b'/', unpadded.as_bytes()).is_some() {
         &base64::engine::general_purpose::STANDARD_NO_PAD
     } else {
         &URL_SAFE_NO_PAD
