@@ -16,6 +16,7 @@
 //! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
 //! - [`metrics`]: the counters and histograms served at `/metrics`.
 //! - [`store`]: the data directory's sled database, opened once per process.
+//! - [`audit`]: the tamper-evident audit log: redacted records, hash chain, group-committed
 //!   sled store, retention, export and verify.
 //! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
@@ -26,6 +27,7 @@ pub mod actions;
 pub mod agent_env;
 pub mod agents;
 pub mod app;
+pub mod audit;
 pub mod classify;
 pub mod config;
 pub mod counters;
