@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::actions::catalog::Catalog;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::dashboard::{self, DashboardState, reviewers::Reviewers};
@@ -104,7 +105,9 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
             config.policies_dir.display()
         );
     }
-    let counters = Arc::new(open_counters(&config.data_dir)?);
+    let (counters, audit) = open_state(&config.data_dir, config.audit_retention)?;
+    let counters = Arc::new(counters);
+    let audit = Arc::new(audit);
     let decider = Arc::new(Decider::new(active.clone(), counters.clone()));
     let watch = policy_files::watch(
         config.policies_dir.clone(),
@@ -113,8 +116,9 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         policy_files::RELOAD_INTERVAL,
         Some(metrics.clone()),
     );
+    let pruned_audit = audit.clone();
     let watcher = tokio::spawn(async move {
-        tokio::join!(watch, prune_counters(counters));
+        tokio::join!(watch, prune_counters(counters), prune_audit(pruned_audit));
     });
     let (ca, created_ca) = ca::ensure(&config.certs_dir)?;
     let bundle = ca::write_bundle(&config.certs_dir, &ca)?;
@@ -166,10 +170,12 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         forwarder: Forwarder::new(upstream_tls, dialer),
         own_addrs,
         metrics: metrics.clone(),
+        audit: audit.clone(),
     });
     let dashboard_state = Arc::new(DashboardState {
         reviewers: Reviewers::load(&config.reviewers, &config.data_dir)?,
         metrics,
+        audit,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -271,16 +277,36 @@ async fn prune_counters(counters: Arc<Counters>) {
     }
 }
 
-/// The counters behind `count(...)`, in the data directory's sled store.
-fn open_counters(data: &std::path::Path) -> Result<Counters, AppError> {
-    let path = data.join("state");
+/// The data directory's sled store: the counters behind `count(...)` and the audit log.
+fn open_state(
+    data: &std::path::Path,
+    retention: crate::audit::Retention,
+) -> Result<(Counters, Audit), AppError> {
+    let path = crate::audit::cli::store_path(data);
     let store = |source: Box<dyn std::error::Error + Send + Sync>| AppError::Store {
         path: path.clone(),
         source,
     };
     let db = crate::store::open(&path).map_err(|e| store(Box::new(e)))?;
     let tree = db.open_tree("counters").map_err(|e| store(Box::new(e)))?;
-    Counters::open(tree, crate::decider::now_ms()).map_err(|e| store(Box::new(e)))
+    let counters =
+        Counters::open(tree, crate::decider::now_ms()).map_err(|e| store(Box::new(e)))?;
+    let audit = Audit::open(&db, &path, retention).map_err(|e| store(Box::new(e)))?;
+    Ok((counters, audit))
+}
+
+/// Applies the audit retention once an hour (and once at start).
+async fn prune_audit(audit: Arc<Audit>) {
+    loop {
+        let a = audit.clone();
+        let pruned = tokio::task::spawn_blocking(move || a.prune(crate::decider::now_ms())).await;
+        match pruned {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => tracing::info!("audit: pruned {n} records past the retention"),
+            Ok(Err(e)) => tracing::warn!("audit: pruning failed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
 }
 
 /// Creates `path` (and parents) with mode 0700 if missing.

@@ -63,6 +63,8 @@ struct RawConfig {
     github: RawGithub,
     #[serde(default)]
     placeholders: RawPlaceholders,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +127,15 @@ struct RawLimits {
     max_connections: Option<usize>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// Records older than this are pruned (default "90d"; "0" keeps them forever).
+    max_age: Option<String>,
+    /// The oldest records are pruned while the log is larger (bytes; default 1 GiB; 0: no limit).
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +254,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: Limits,
     pub step_up_window: Duration,
+    /// How long audit records are kept.
+    pub audit_retention: crate::audit::Retention,
     pub agents: Vec<Principal>,
     pub reviewers: Vec<Principal>,
     pub vault: VaultConfig,
@@ -471,6 +484,7 @@ fn fallback(base: &Path) -> Config {
         },
         limits: Limits::default(),
         step_up_window: Duration::from_secs(15 * 60),
+        audit_retention: crate::audit::Retention::default(),
         agents: Vec::new(),
         reviewers: Vec::new(),
         vault: VaultConfig::default(),
@@ -516,6 +530,15 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     cfg.limits = limits(raw.limits)?;
     if let Some(w) = raw.step_up.window {
         cfg.step_up_window = parse_duration("step_up.window", &w)?;
+    }
+    if let Some(age) = &raw.audit.max_age {
+        cfg.audit_retention.max_age = match age.trim() {
+            "0" => None,
+            a => Some(parse_duration("audit.max_age", a)?),
+        };
+    }
+    if let Some(bytes) = raw.audit.max_bytes {
+        cfg.audit_retention.max_bytes = (bytes > 0).then_some(bytes);
     }
     cfg.agents = principals("agents", raw.agents)?;
     cfg.reviewers = principals("reviewers", raw.reviewers)?;

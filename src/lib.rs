@@ -16,6 +16,7 @@
 //! - [`counters`]: the sliding-window counts behind `count(...)`; reserved at admission, in sled.
 //! - [`metrics`]: the counters and histograms served at `/metrics`.
 //! - [`store`]: the data directory's sled database, opened once per process.
+//! - [`audit_cli`]: `agentgate audit export|verify`, from the store or the running gate's API.
 //! - [`audit`]: the tamper-evident audit log: redacted records, hash chain, group-committed
 //!   sled store, retention, export and verify.
 //! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
@@ -28,6 +29,7 @@ pub mod agent_env;
 pub mod agents;
 pub mod app;
 pub mod audit;
+pub mod audit_cli;
 pub mod classify;
 pub mod config;
 pub mod counters;

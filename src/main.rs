@@ -45,6 +45,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Export or verify the audit log (works whether or not the gate runs).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage agents.
     Agent {
         #[command(subcommand)]
@@ -54,6 +59,34 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print records as JSON lines (each line's SHA-256 is the next record's `prev`).
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// Decisions with an action matching this pattern (e.g. `github.repos.*`).
+        #[arg(long)]
+        action: Option<String>,
+        /// allow, block, step_up, ...
+        #[arg(long)]
+        decision: Option<String>,
+    },
+    /// Walk the hash chain; exit 1 and name the first broken link if there is one.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -193,6 +226,36 @@ fn dispatch(command: Command) -> Result<(), String> {
             }
         },
         Command::Policy { command } => policy(command),
+        Command::Audit { command } => {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            match command {
+                AuditCommand::Export {
+                    config,
+                    since,
+                    until,
+                    agent,
+                    action,
+                    decision,
+                } => {
+                    let config = load(config)?;
+                    let args = agentgate::audit_cli::FilterArgs {
+                        since,
+                        until,
+                        agent,
+                        action,
+                        decision,
+                    };
+                    let mut stdout = std::io::stdout().lock();
+                    runtime.block_on(agentgate::audit_cli::export(&config, &args, &mut stdout))
+                }
+                AuditCommand::Verify { config } => {
+                    let config = load(config)?;
+                    let text = runtime.block_on(agentgate::audit_cli::verify(&config))?;
+                    out(&text);
+                    Ok(())
+                }
+            }
+        }
         Command::Agent {
             command: AgentCommand::New { name, user },
         } => {

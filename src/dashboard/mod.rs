@@ -27,6 +27,7 @@ use reviewers::Reviewers;
 pub struct DashboardState {
     pub reviewers: Reviewers,
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Most time a client may take to send a request head.
@@ -87,10 +88,90 @@ fn route(state: &DashboardState, req: Request<Incoming>) -> Response<Body> {
             );
             resp
         }
+        (&Method::GET, "/api/audit" | "/api/audit/export" | "/api/audit/verify") => {
+            if let Err(resp) = authorize(state, &req) {
+                return *resp;
+            }
+            audit_api(state, path, req.uri().query().unwrap_or(""))
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "not_found", "reason": format!("no {path} here")}),
         ),
+    }
+}
+
+/// Most records one `GET /api/audit` returns.
+const MAX_AUDIT_PAGE: usize = 1000;
+
+/// `GET /api/audit?after=SEQ&limit=N` (records as JSON, oldest first), `GET
+/// /api/audit/export?since=&until=&agent=&action=&decision=` (JSON lines, as `agentgate audit
+/// export` prints them), `GET /api/audit/verify` (the chain check).
+fn audit_api(state: &DashboardState, path: &str, query: &str) -> Response<Body> {
+    let params: Vec<(String, String)> =
+        crate::actions::canonical::parse_query(query).unwrap_or_default();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let bad = |reason: String| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_request", "reason": reason}),
+        )
+    };
+    match path {
+        "/api/audit/verify" => {
+            let report = state.audit.verify();
+            json(StatusCode::OK, &serde_json::json!(report))
+        }
+        "/api/audit/export" => {
+            let filter = match crate::audit::Filter::parse(
+                get("since"),
+                get("until"),
+                get("agent"),
+                get("action"),
+                get("decision"),
+            ) {
+                Ok(f) => f,
+                Err(e) => return bad(e.to_string()),
+            };
+            let mut out = Vec::new();
+            match crate::audit::cli::write_lines(state.audit.export(&filter), &mut out) {
+                Ok(_) => {
+                    let mut r = Response::new(Full::new(Bytes::from(out)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-ndjson"),
+                    );
+                    r
+                }
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": "audit", "reason": e.to_string()}),
+                ),
+            }
+        }
+        _ => {
+            let after = match get("after").map(str::parse::<u64>).transpose() {
+                Ok(a) => a.unwrap_or(0),
+                Err(_) => return bad("after is a sequence number".into()),
+            };
+            let limit = match get("limit").map(str::parse::<usize>).transpose() {
+                Ok(l) => l.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE),
+                Err(_) => return bad("limit is a number".into()),
+            };
+            match state.audit.after(after, limit) {
+                Ok(records) => {
+                    let next = records.last().map_or(after, |r| r.seq);
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({"records": records, "next": next}),
+                    )
+                }
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": "audit", "reason": e.to_string()}),
+                ),
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use super::{ProxyState, RespBody, intercept, tunnel};
 use crate::actions::Action;
 use crate::actions::host::Authority;
 use crate::agents::Agent;
+use crate::audit::DecisionRecord;
 use crate::policy::{Decision, Effect};
 
 /// Answers one CONNECT request; the tunnel itself runs in a task of its own.
@@ -20,7 +21,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let rid = RequestId::new();
-    match open(&state, agent, &mut req).await {
+    match open(&state, agent, &mut req, &rid).await {
         Ok(()) => respond::connect_established(),
         Err(refusal) => {
             tracing::info!(request_id = %rid, uri = %req.uri(), ?refusal, "CONNECT refused");
@@ -33,6 +34,7 @@ async fn open(
     state: &Arc<ProxyState>,
     agent: Arc<Agent>,
     req: &mut Request<Incoming>,
+    rid: &RequestId,
 ) -> Result<(), Refusal> {
     let target = connect_target(req)?;
     if state.is_own_address(&target) {
@@ -49,13 +51,24 @@ async fn open(
         });
         return Ok(());
     }
-    let decision = state.decider.admit(
-        &[Action::net_connect(&target)],
-        &agent.name,
-        "none",
-        crate::decider::now_ms(),
-    );
+    let actions = [Action::net_connect(&target)];
+    let now = crate::decider::now_ms();
+    let decision = state.decider.admit(&actions, &agent.name, "none", now);
     state.metrics.decided(&decision);
+    let record = DecisionRecord::new(
+        now,
+        &agent.name,
+        &rid.to_string(),
+        "none",
+        &decision,
+        &actions,
+    );
+    state.audit.decision(record).await.map_err(|e| {
+        state.metrics.audit_write_error();
+        Refusal::Audit(format!(
+            "the audit log cannot record this tunnel ({e}); it was not opened"
+        ))
+    })?;
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }

@@ -43,6 +43,8 @@ pub struct ProxyState {
     pub placeholders: crate::vault::inject::Placeholders,
     /// GitHub Enterprise Server hosts (their tokens are GitHub's).
     pub github_enterprise: BTreeSet<String>,
+    /// The audit log: every decision is durable here before anything goes upstream.
+    pub audit: Arc<crate::audit::Audit>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The agents the proxy credentials are checked against.

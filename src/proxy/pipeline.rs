@@ -20,6 +20,7 @@ use crate::actions::gmail_batch;
 use crate::actions::host::Authority;
 use crate::actions::{Action, ClassifyError, canonical};
 use crate::agents::Agent;
+use crate::audit::{DecisionRecord, OutcomeRecord};
 use crate::policy::Effect;
 use crate::vault::inject::{self, Credential, Scheme};
 use crate::vault::{Provider, Secret};
@@ -56,7 +57,7 @@ pub async fn handle(
     let rid = RequestId::new();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let result = run(&state, &origin, req).await;
+    let result = run(&state, &origin, req, &rid).await;
     state.metrics.request_time(started.elapsed());
     let mut resp = match result {
         Ok(resp) => resp,
@@ -75,6 +76,7 @@ async fn run(
     state: &ProxyState,
     origin: &Origin,
     req: Request<Incoming>,
+    rid: &RequestId,
 ) -> Result<Response<RespBody>, Refusal> {
     if let Some(why) = &origin.misdirected {
         return Err(Refusal::Misdirected(why.clone()));
@@ -96,13 +98,26 @@ async fn run(
         .worst(batch_credential(
             state, provider, origin, &parts, &body, &path,
         ));
-    let mut decision = state.decider.admit(
-        &actions,
-        agent,
-        credential.as_str(),
-        crate::decider::now_ms(),
-    );
+    let now = crate::decider::now_ms();
+    let mut decision = state
+        .decider
+        .admit(&actions, agent, credential.as_str(), now);
     state.metrics.decided(&decision);
+    // The decision is durable in the audit log before anything goes upstream.
+    let record = DecisionRecord::new(
+        now,
+        agent,
+        &rid.to_string(),
+        credential.as_str(),
+        &decision,
+        &actions,
+    );
+    let seq = state.audit.decision(record).await.map_err(|e| {
+        state.metrics.audit_write_error();
+        Refusal::Audit(format!(
+            "the audit log cannot record this request ({e}); nothing was forwarded"
+        ))
+    })?;
     match decision.effect {
         Effect::Allow => {}
         Effect::Block => return Err(Refusal::Blocked(decision)),
@@ -115,6 +130,37 @@ async fn run(
             return Err(Refusal::Blocked(decision));
         }
     }
+    let decided = std::time::Instant::now();
+    let result = forward(
+        state, origin, parts, body, path, &actions, provider, credential,
+    )
+    .await;
+    let outcome = OutcomeRecord {
+        time_ms: crate::decider::now_ms(),
+        status: result.as_ref().ok().map(|r| r.status().as_u16()),
+        latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
+        error: result.as_ref().err().map(|r| format!("{r:?}")),
+    };
+    if let Err(e) = state.audit.outcome(seq, outcome) {
+        state.metrics.audit_write_error();
+        tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
+    }
+    result
+}
+
+/// An allowed request: credentials swapped, forwarded, the response streamed back.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &ProxyState,
+    origin: &Origin,
+    mut parts: Parts,
+    mut body: Bytes,
+    path: String,
+    actions: &[Action],
+    provider: Option<Provider>,
+    credential: Credential,
+) -> Result<Response<RespBody>, Refusal> {
+    let agent = origin.agent.name.as_str();
     // A Gmail resumable upload starts here: remember the session the upstream creates.
     let upload_start = actions
         .iter()
@@ -126,7 +172,7 @@ async fn run(
         origin,
         provider,
         credential,
-        &actions,
+        actions,
         &mut parts.headers,
         path,
     )

@@ -34,6 +34,8 @@ pub enum Refusal {
     HeadersTooLarge(String),
     /// The upstream could not be reached or failed (502).
     Upstream(String),
+    /// The audit log could not record the decision (503); nothing forwarded.
+    Audit(String),
     /// The vault could not supply a token (503); nothing forwarded.
     Vault(String),
     /// The gate is at a capacity limit (503).
@@ -50,7 +52,9 @@ impl Refusal {
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Refusal::Overloaded(_) | Refusal::Vault(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Overloaded(_) | Refusal::Vault(_) | Refusal::Audit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -66,6 +70,7 @@ impl Refusal {
             Refusal::Upstream(_) => Some("upstream_failed"),
             Refusal::Overloaded(_) => Some("overloaded"),
             Refusal::Vault(_) => Some("vault_unavailable"),
+            Refusal::Audit(_) => Some("audit_unavailable"),
         }
     }
 
@@ -81,7 +86,8 @@ impl Refusal {
             | Refusal::HeadersTooLarge(r)
             | Refusal::Upstream(r)
             | Refusal::Overloaded(r)
-            | Refusal::Vault(r) => r.clone(),
+            | Refusal::Vault(r)
+            | Refusal::Audit(r) => r.clone(),
         }
     }
 
