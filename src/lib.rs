@@ -19,6 +19,7 @@
 //! - [`audit_cli`]: `agentgate audit export|verify`, from the store or the running gate's API.
 //! - [`audit`]: the tamper-evident audit log: redacted records, hash chain, group-committed
 //!   sled store, retention, export and verify.
+//! - [`holds`]: step-up challenges: exactly-one resolution, bounds, deadlines, sled-stored.
 //! - [`agents`]: agent identity from the proxy credentials; the default agent's token.
 //! - [`agent_env`]: the `export` lines that point an agent at the gate.
 //! - [`classify`]: `agentgate classify`, one raw request in, its actions and decision out.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod counters;
 pub mod dashboard;
 pub mod decider;
+pub mod holds;
 pub mod metrics;
 pub mod policy;
 pub mod policy_cli;
