@@ -251,14 +251,23 @@ pub fn compile(
 fn index_rules(rules: &[CRule], schema: &Schema) -> (HashMap<String, Vec<usize>>, Vec<usize>) {
     let mut index: HashMap<String, Vec<usize>> = HashMap::new();
     let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut wild: Vec<(usize, &Pattern)> = Vec::new();
+    // Each distinct wildcard pattern once, with the rules that use it: large sets repeat a few
+    // patterns (`github.**`) many times, and each is matched against the whole catalog.
+    let mut wild: Vec<(&Pattern, Vec<usize>)> = Vec::new();
+    let mut wild_at: HashMap<&str, usize> = HashMap::new();
     let mut graphql = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         for p in &r.patterns {
             if p.is_exact() {
                 exact.entry(p.text.as_str()).or_default().push(i);
             } else {
-                wild.push((i, p));
+                let at = *wild_at.entry(p.text.as_str()).or_insert_with(|| {
+                    wild.push((p, Vec::new()));
+                    wild.len() - 1
+                });
+                if let Some((_, users)) = wild.get_mut(at) {
+                    users.push(i);
+                }
             }
             if may_match_graphql(p) && !graphql.contains(&i) {
                 graphql.push(i);
@@ -267,9 +276,9 @@ fn index_rules(rules: &[CRule], schema: &Schema) -> (HashMap<String, Vec<usize>>
     }
     for name in schema.actions.keys() {
         let mut list: Vec<usize> = exact.get(name.as_str()).cloned().unwrap_or_default();
-        for (i, p) in &wild {
-            if !list.contains(i) && p.matches(name) {
-                list.push(*i);
+        for (p, users) in &wild {
+            if p.matches(name) {
+                list.extend_from_slice(users);
             }
         }
         if !list.is_empty() {

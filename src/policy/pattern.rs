@@ -59,8 +59,7 @@ impl Pattern {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        let parts: Vec<&str> = name.split('.').collect();
-        match_segs(&self.segs, &parts)
+        match_segs(&self.segs, Some(name))
     }
 
     /// The literal text of each non-`**` segment (wildcards removed): candidates for probing
@@ -77,18 +76,43 @@ impl Pattern {
     }
 }
 
-fn match_segs(pat: &[Seg], name: &[&str]) -> bool {
-    match (pat.first(), name.first()) {
-        (None, None) => true,
-        (None, Some(_)) | (Some(_), None) => false,
-        (Some(Seg::Many), Some(_)) => {
-            // One or more whole segments.
-            (1..=name.len()).any(|n| match_segs(&pat[1..], &name[n..]))
+/// `name` is what is left of the action name, `None` once every segment is used. It is walked
+/// in place, without splitting it into a list first: patterns are matched against the whole
+/// catalog at load, so this runs about a million times for a large set.
+fn match_segs(pat: &[Seg], name: Option<&str>) -> bool {
+    let (Some(seg), Some(name)) = (pat.first(), name) else {
+        return pat.is_empty() && name.is_none();
+    };
+    let (first, rest) = split_segment(name);
+    match seg {
+        Seg::Many => {
+            // One or more whole segments: try the rest of the pattern after each.
+            let mut left = rest;
+            loop {
+                if match_segs(&pat[1..], left) {
+                    return true;
+                }
+                let Some(l) = left else {
+                    return false;
+                };
+                left = split_segment(l).1;
+            }
         }
-        (Some(Seg::Exact(e)), Some(n)) => e == n && match_segs(&pat[1..], &name[1..]),
-        (Some(Seg::Glob(pieces)), Some(n)) => {
-            glob_seg(pieces, n) && match_segs(&pat[1..], &name[1..])
-        }
+        Seg::Exact(e) => e == first && match_segs(&pat[1..], rest),
+        Seg::Glob(pieces) => glob_seg(pieces, first) && match_segs(&pat[1..], rest),
+    }
+}
+
+/// The first segment of a name and what follows its `.` (`None` for the last segment). A
+/// plain byte scan: names are short, and `split_once`'s searcher costs more than the search.
+fn split_segment(name: &str) -> (&str, Option<&str>) {
+    match name
+        .bytes()
+        .position(|b| b == b'.')
+        .and_then(|i| name.split_at_checked(i))
+    {
+        Some((first, dot_rest)) => (first, dot_rest.get(1..)),
+        None => (name, None),
     }
 }
 
@@ -145,8 +169,44 @@ mod tests {
         assert!(m("a*b*c", "aXbYc"));
         assert!(!m("a*b*c", "ac"));
         assert!(!m("ab*ba", "aba"));
+        assert!(m("**.send", "gmail.users.messages.send"));
+        assert!(m("gmail.**", "gmail.users.messages.send"));
+        assert!(m("a.**.b.**.c", "a.x.b.y.z.c"));
+        assert!(!m("a.**.b.**.c", "a.b.c"));
+        assert!(!m("a.b", "a"));
         assert!(Pattern::new("a..b").is_err());
         assert!(Pattern::new("a.b**").is_err());
         assert!(Pattern::new(&vec!["a"; 40].join(".")).is_err());
+    }
+
+    /// The matcher as first written (split the name into a list, then match), kept as the
+    /// reference the in-place walk must agree with.
+    fn reference(pat: &[Seg], name: &[&str]) -> bool {
+        match (pat.first(), name.first()) {
+            (None, None) => true,
+            (None, Some(_)) | (Some(_), None) => false,
+            (Some(Seg::Many), Some(_)) => {
+                (1..=name.len()).any(|n| reference(&pat[1..], &name[n..]))
+            }
+            (Some(Seg::Exact(e)), Some(n)) => e == n && reference(&pat[1..], &name[1..]),
+            (Some(Seg::Glob(pieces)), Some(n)) => {
+                glob_seg(pieces, n) && reference(&pat[1..], &name[1..])
+            }
+        }
+    }
+
+    #[test]
+    fn the_in_place_walk_agrees_with_the_split_list() {
+        let patterns = "** * a a.* a.** **.a *.* **.** a.**.b a.**.b.**.c **.b.** a*.*b *.**.* \
+                        a.b.c **.* a*b*.**";
+        // `_` stands for the empty name.
+        let names = "_ . a b a. .a a.b a.b.c a.x.b a.x.b.y.c ab.cb a..b a.b. x.a a.a.a.a axb.b.c";
+        for p in patterns.split_whitespace() {
+            let pat = Pattern::new(p).unwrap();
+            for n in names.split(' ').map(|n| if n == "_" { "" } else { n }) {
+                let parts: Vec<&str> = n.split('.').collect();
+                assert_eq!(pat.matches(n), reference(&pat.segs, &parts), "{p} vs {n:?}");
+            }
+        }
     }
 }
