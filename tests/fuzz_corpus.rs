@@ -103,6 +103,11 @@ fn graphql_corpus() {
     replay("graphql", target("graphql"));
 }
 
+#[test]
+fn policy_corpus() {
+    replay("policy", target("policy"));
+}
+
 /// Every target file has a corpus and a replay, and every corpus a target.
 #[test]
 fn every_target_has_a_corpus() {

@@ -14,9 +14,13 @@ use std::sync::OnceLock;
 
 use agentgate::actions::catalog::Catalog;
 use agentgate::actions::host::{self, Authority};
-use agentgate::actions::{Request, canonical, git_smart_http, github_graphql, mime};
+use agentgate::actions::{Action, Request, canonical, git_smart_http, github_graphql, mime};
+use agentgate::policy::ast::EffectKw;
+use agentgate::policy::eval::{Counts, Decision, Effect, NoCounts};
+use agentgate::policy::schema::Schema;
+use agentgate::policy::{self, Program, selftest};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A target's body: takes the raw input, returns whether the parser accepted it.
 pub type Body = fn(&[u8]) -> bool;
@@ -30,6 +34,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("git_push", git_push),
     ("mime", mime_message),
     ("graphql", graphql),
+    ("policy", policy),
 ];
 
 /// The GitHub Enterprise Server host the `inspect` target's catalog knows.
@@ -580,6 +585,218 @@ pub fn graphql(data: &[u8]) -> bool {
             "unexpected action {}",
             a.name
         );
+    }
+    true
+}
+
+/// The action catalog's schema every `policy` call checks against, built once.
+pub fn policy_schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(Schema::builtin)
+}
+
+/// The time every `policy` decision is made at: Tuesday 2026-03-03 10:00:00 UTC.
+pub const POLICY_NOW_MS: i64 = 1_772_532_000_000;
+
+fn policy_action(name: &str, host: &str, method: &str, path: &str, params: Value) -> Action {
+    let Value::Object(params) = params else {
+        panic!("params are an object");
+    };
+    Action {
+        name: name.into(),
+        host: host.into(),
+        method: method.into(),
+        path: path.into(),
+        params,
+    }
+}
+
+/// The fixed requests every compiled `policy` input decides: a push with three refs, a Gmail
+/// send with five recipients, a REST delete, a REST read, a GraphQL mutation outside the
+/// catalog, an unmapped request and a CONNECT elsewhere.
+pub fn policy_actions() -> Vec<Action> {
+    vec![
+        policy_action(
+            "git.push",
+            "github.com",
+            "POST",
+            "/acme/api.git/git-receive-pack",
+            json!({
+                "owner": "acme", "repo": "acme/api", "service": "git-receive-pack",
+                "refs": [
+                    {"name": "refs/heads/main", "old": "a", "new": "b", "kind": "update"},
+                    {"name": "refs/heads/feature", "old": "0", "new": "c", "kind": "create"},
+                    {"name": "refs/tags/v1", "old": "d", "new": "0", "kind": "delete"}
+                ],
+                "push_options": ["ci.skip"], "capabilities": ["atomic"], "probe": false
+            }),
+        ),
+        policy_action(
+            "gmail.users.messages.send",
+            "gmail.googleapis.com",
+            "POST",
+            "/gmail/v1/users/me/messages/send",
+            json!({
+                "userId": "me",
+                "to": ["bob@acme.com", "eve@evil.test"], "cc": ["carol@corp.acme.net"],
+                "bcc": ["dave@acme.com.evil.test", "x@EXAMPLE.com"],
+                "recipients": ["bob@acme.com", "eve@evil.test", "carol@corp.acme.net",
+                               "dave@acme.com.evil.test", "x@example.com"],
+                "subject": "Release notes", "size": 51234, "recipients_known": true,
+                "attachments": [{"name": "notes.pdf", "type": "application/pdf", "size": 26800}]
+            }),
+        ),
+        policy_action(
+            "github.repos.delete",
+            "api.github.com",
+            "DELETE",
+            "/repos/acme/api",
+            json!({"owner": "acme", "repo": "acme/api"}),
+        ),
+        policy_action(
+            "github.issues.create",
+            "api.github.com",
+            "POST",
+            "/repos/acme/api/issues",
+            json!({"owner": "acme", "repo": "acme/api", "title": "hello", "labels": ["bug"],
+                   "milestone": 4}),
+        ),
+        policy_action(
+            "github.graphql.fuzzMutation",
+            "api.github.com",
+            "POST",
+            "/graphql",
+            json!({"alias": "m", "input": {"repositoryId": "R_1"}, "n": 3}),
+        ),
+        policy_action(
+            "http.request",
+            "api.github.com",
+            "GET",
+            "/no/such",
+            json!({}),
+        ),
+        policy_action(
+            "net.connect",
+            "evil.test",
+            "CONNECT",
+            "",
+            json!({"host": "evil.test", "port": 443}),
+        ),
+    ]
+}
+
+/// Every count is large: exercises the other side of `count(...) >= N`.
+struct ManyCounts;
+
+impl Counts for ManyCounts {
+    fn count(&self, _: &str, _: &str, _: u64, _: i64) -> u64 {
+        1_000_000
+    }
+}
+
+/// Checks a one-action decision against the program that made it: with no enforcing rule
+/// fired it is the default's (never allow); else the most severe effect among them, decided by
+/// exactly the rules of that effect. An approved step_up rule never fires.
+fn check_decision(program: &Program, d: &Decision, approved: &[String]) {
+    let rule = |id: &str| {
+        program
+            .rules
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{id} fired but is no rule"))
+    };
+    let mut winners: Vec<(Effect, &str)> = Vec::new();
+    for f in &d.fired {
+        let r = rule(&f.rule);
+        assert_eq!(r.shadow, f.shadow, "{}: shadow", f.rule);
+        assert!(
+            !(r.effect == EffectKw::StepUp && approved.contains(&r.id)),
+            "the approved rule {} still fires",
+            r.id
+        );
+        if !r.shadow {
+            winners.push((r.effect.into(), &r.id));
+        }
+    }
+    match winners.iter().map(|(e, _)| *e).max() {
+        None => {
+            assert_eq!(d.effect, Effect::from(program.default.effect), "{d:?}");
+            assert_eq!(d.rules, ["default"]);
+            assert_ne!(d.effect, Effect::Allow, "the default never allows");
+        }
+        Some(top) => {
+            assert_eq!(d.effect, top, "{d:?}");
+            let mut ids: Vec<&str> = winners
+                .iter()
+                .filter(|(e, _)| *e == top)
+                .map(|(_, id)| *id)
+                .collect();
+            ids.sort_unstable();
+            assert_eq!(d.rules, ids, "the rules of the winning effect decide");
+        }
+    }
+}
+
+/// `policy`: the whole input as one policy file (non-UTF-8 is skipped), parsed and checked
+/// against the built-in catalog. A set that compiles has a default other than allow; its test
+/// blocks run; it decides the fixed requests of [`policy_actions`] (alone and together, with
+/// and without counts and approvals) into decisions made only by enforcing rules of the
+/// winning effect, or by the default; and deciding several actions gives the strictest.
+pub fn policy(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let program = match policy::compile(vec![policy::source("f.policy", text)], policy_schema()) {
+        Ok(p) => p,
+        Err(errors) => {
+            assert!(!errors.0.is_empty(), "a refusal says why");
+            for e in &errors.0 {
+                assert!(!e.message.is_empty(), "an error has a message");
+                let _ = e.to_string();
+            }
+            return false;
+        }
+    };
+    assert_ne!(
+        program.default.effect,
+        EffectKw::Allow,
+        "`default allow` loaded"
+    );
+    let results = selftest::run(&program);
+    assert_eq!(results.len(), program.tests.len());
+    for r in &results {
+        assert_eq!(
+            r.passed,
+            r.failure.is_none(),
+            "{}: passed and failure disagree",
+            r.name
+        );
+    }
+    let actions = policy_actions();
+    let step_ups: Vec<String> = program
+        .rules
+        .iter()
+        .filter(|r| r.effect == EffectKw::StepUp)
+        .map(|r| r.id.clone())
+        .collect();
+    for approved in [&[][..], &step_ups[..]] {
+        for counts in [&NoCounts as &dyn Counts, &ManyCounts] {
+            let mut strictest = Effect::Allow;
+            for a in &actions {
+                let d = program.decide_all(
+                    std::slice::from_ref(a),
+                    "coder",
+                    POLICY_NOW_MS,
+                    approved,
+                    counts,
+                );
+                check_decision(&program, &d, approved);
+                assert_eq!(d.action, a.name);
+                strictest = strictest.max(d.effect);
+            }
+            let all = program.decide_all(&actions, "coder", POLICY_NOW_MS, approved, counts);
+            assert_eq!(all.effect, strictest, "several actions: the strictest wins");
+        }
     }
     true
 }
