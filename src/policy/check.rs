@@ -183,6 +183,15 @@ pub fn compile(
     let mut c = Checker {
         sources,
         schema,
+        line_starts: sources
+            .iter()
+            .map(|s| {
+                std::iter::once(0)
+                    .chain(s.text.match_indices('\n').map(|(i, _)| i + 1))
+                    .collect()
+            })
+            .collect(),
+        matched: HashMap::new(),
         errors: Vec::new(),
         lists: BTreeMap::new(),
         list_types: BTreeMap::new(),
@@ -337,6 +346,10 @@ pub fn may_match_graphql(p: &Pattern) -> bool {
 struct Checker<'a> {
     sources: &'a [Source],
     schema: &'a Schema,
+    /// Byte offsets of each source's line starts (locations without rescanning the text).
+    line_starts: Vec<Vec<usize>>,
+    /// The catalog actions each wildcard pattern text matches, computed once per text.
+    matched: HashMap<String, Vec<&'a ActionSchema>>,
     errors: Vec<LoadError>,
     lists: BTreeMap<String, Value>,
     list_types: BTreeMap<String, Ty>,
@@ -368,10 +381,19 @@ impl<'a> Checker<'a> {
     }
 
     fn place(&self, span: Span) -> (String, (usize, usize)) {
-        match self.sources.get(span.file) {
-            Some(s) => (s.name.clone(), s.line_col(span.start)),
-            None => ("<policy>".into(), (0, 0)),
-        }
+        let (Some(src), Some(starts)) =
+            (self.sources.get(span.file), self.line_starts.get(span.file))
+        else {
+            return ("<policy>".into(), (0, 0));
+        };
+        let line = starts.partition_point(|&s| s <= span.start).max(1);
+        let start = starts.get(line - 1).copied().unwrap_or(0);
+        let col = src
+            .text
+            .get(start..span.start.min(src.text.len()))
+            .map_or(0, |t| t.chars().count())
+            + 1;
+        (src.name.clone(), (line, col))
     }
 
     fn location(&self, span: Span) -> String {
@@ -490,13 +512,18 @@ impl<'a> Checker<'a> {
         };
         let matched: Vec<&ActionSchema> = if p.is_exact() {
             self.schema.actions.get(&p.text).into_iter().collect()
+        } else if let Some(m) = self.matched.get(&p.text) {
+            m.clone()
         } else {
-            self.schema
+            let m: Vec<&ActionSchema> = self
+                .schema
                 .actions
                 .iter()
                 .filter(|(name, _)| p.matches(name))
                 .map(|(_, a)| a)
-                .collect()
+                .collect();
+            self.matched.insert(p.text.clone(), m.clone());
+            m
         };
         let open = may_match_graphql(&p);
         if matched.is_empty() && !open {
@@ -544,11 +571,13 @@ impl<'a> Checker<'a> {
         let mut patterns = Vec::new();
         let mut actions: Vec<&ActionSchema> = Vec::new();
         let mut open = false;
+        let mut seen: std::collections::HashSet<*const ActionSchema> =
+            std::collections::HashSet::new();
         for t in &r.patterns {
             if let Some((p, matched, o)) = self.pattern(t) {
                 patterns.push(p);
                 for a in matched {
-                    if !actions.iter().any(|x| std::ptr::eq(*x, a)) {
+                    if seen.insert(std::ptr::from_ref(a)) {
                         actions.push(a);
                     }
                 }

@@ -89,6 +89,8 @@ pub struct Fired {
     pub fired_on_error: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The rule's reason, rendered for the rules of the winning effect (empty for the others).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<(String, String)>,
@@ -123,7 +125,12 @@ impl Decision {
 
     /// The strictest of several decisions (one per action of a request); ties keep the
     /// earliest action and merge the rules.
-    pub fn strictest(decisions: Vec<Decision>) -> Decision {
+    pub fn strictest(mut decisions: Vec<Decision>) -> Decision {
+        if decisions.len() == 1 {
+            if let Some(only) = decisions.pop() {
+                return only;
+            }
+        }
         let Some(effect) = decisions.iter().map(|d| d.effect).max() else {
             return Decision::blocked("builtin:no-action", "", "the request carries no action");
         };
@@ -242,8 +249,10 @@ pub fn decide_traced(
             },
             shadow: rule.shadow,
             fired_on_error: out.on_error,
-            errors: out.errors,
-            reason: ev.render(&rule.reason, Some(&rule.id)),
+            errors: out.errors.iter().map(Why::message).collect(),
+            // Rendered below for the rules of the winning effect only: the others' reasons
+            // are not shown, and rendering is most of a fired rule's cost.
+            reason: String::new(),
             annotations: rule.annotations.clone(),
             action: input.action.name.clone(),
         };
@@ -267,6 +276,15 @@ pub fn decide_traced(
     shadow.sort_by(|a, b| a.1.rule.cmp(&b.1.rule));
     let (effect, rules, reason) = match winner {
         Some(effect) => {
+            for (i, f) in enforcing.iter_mut() {
+                if let Some(r) = program
+                    .rules
+                    .get(*i)
+                    .filter(|r| Effect::from(r.effect) == effect)
+                {
+                    f.reason = ev.render(&r.reason, Some(&r.id));
+                }
+            }
             let winning: Vec<&Fired> = enforcing
                 .iter()
                 .filter(|(i, _)| {
@@ -378,20 +396,50 @@ fn lookup<'a>(params: &'a serde_json::Map<String, Value>, path: &[String]) -> Op
     (!v.is_null()).then_some(v)
 }
 
-/// Why an expression has no value.
+/// Why an expression has no value. Kept as references into the program until a message is
+/// needed (a rule that fires on it, `explain`): most unknowns are a param some rule reads and
+/// the request lacks, and a decision should not allocate for them.
 #[derive(Debug, Clone, PartialEq)]
-enum Err {
+enum Why<'a> {
+    Param(&'a [String]),
+    Field(&'a str),
+    Group,
+    NoValue,
+    NotBool,
+    Unbound,
+    Budget,
+    Text(String),
+}
+
+impl Why<'_> {
+    fn message(&self) -> String {
+        match self {
+            Why::Param(path) => format!("params.{} is not in the request", path.join(".")),
+            Why::Field(f) => format!("the field {f} is not in the request"),
+            Why::Group => "the param this count groups by is not in the request".into(),
+            Why::NoValue => "no value".into(),
+            Why::NotBool => "a condition is not true or false".into(),
+            Why::Unbound => "an unbound variable".into(),
+            Why::Budget => format!("the decision ran out of its step budget ({STEP_BUDGET})"),
+            Why::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// Why an expression has no value, and whether `??` may supply one.
+#[derive(Debug, Clone, PartialEq)]
+enum Err<'a> {
     /// The value is not in the request (`??` supplies a default for this one only).
-    Missing(String),
-    Type(String),
+    Missing(Why<'a>),
+    Type(Why<'a>),
     Budget,
 }
 
-impl Err {
-    fn message(&self) -> String {
+impl<'a> Err<'a> {
+    fn why(self) -> Why<'a> {
         match self {
-            Err::Missing(m) | Err::Type(m) => m.clone(),
-            Err::Budget => format!("the decision ran out of its step budget ({STEP_BUDGET})"),
+            Err::Missing(w) | Err::Type(w) => w,
+            Err::Budget => Why::Budget,
         }
     }
 }
@@ -406,17 +454,17 @@ enum V<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tri {
+enum Tri<'a> {
     T,
     F,
-    U(String),
+    U(Why<'a>),
 }
 
-impl Tri {
-    fn of(b: bool) -> Tri {
+impl<'a> Tri<'a> {
+    fn of(b: bool) -> Tri<'a> {
         if b { Tri::T } else { Tri::F }
     }
-    fn not(self) -> Tri {
+    fn not(self) -> Tri<'a> {
         match self {
             Tri::T => Tri::F,
             Tri::F => Tri::T,
@@ -432,10 +480,10 @@ impl Tri {
     }
 }
 
-struct RuleOutcome {
+struct RuleOutcome<'a> {
     fires: bool,
     on_error: bool,
-    errors: Vec<String>,
+    errors: Vec<Why<'a>>,
     clauses: Vec<ClauseTrace>,
 }
 
@@ -449,7 +497,7 @@ struct Ev<'a> {
 }
 
 impl<'a> Ev<'a> {
-    fn step(&self) -> Result<(), Err> {
+    fn step(&self) -> Result<(), Err<'a>> {
         let n = self.steps.get().saturating_add(1);
         self.steps.set(n);
         if n > STEP_BUDGET {
@@ -459,7 +507,7 @@ impl<'a> Ev<'a> {
         }
     }
 
-    fn rule(&self, r: &'a CRule, trace: bool) -> RuleOutcome {
+    fn rule(&self, r: &'a CRule, trace: bool) -> RuleOutcome<'a> {
         {
             let mut slots = self.slots.borrow_mut();
             slots.clear();
@@ -470,7 +518,7 @@ impl<'a> Ev<'a> {
         let mut cond = Tri::T;
         // `None`: the clause was not evaluated (the conditions were already false).
         let mut record =
-            |kind: &'static str, source: &str, t: Option<&Tri>, errors: &mut Vec<String>| {
+            |kind: &'static str, source: &str, t: Option<&Tri<'a>>, errors: &mut Vec<Why<'a>>| {
                 if let Some(Tri::U(e)) = t {
                     errors.push(e.clone());
                 }
@@ -480,7 +528,7 @@ impl<'a> Ev<'a> {
                         source: source.to_string(),
                         value: t.map_or("skipped", Tri::name),
                         error: match t {
-                            Some(Tri::U(e)) => Some(e.clone()),
+                            Some(Tri::U(e)) => Some(e.message()),
                             _ => None,
                         },
                     });
@@ -533,9 +581,9 @@ impl<'a> Ev<'a> {
         }
     }
 
-    fn truth(&self, e: &'a CExpr) -> Tri {
+    fn truth(&self, e: &'a CExpr) -> Tri<'a> {
         if let Err(e) = self.step() {
-            return Tri::U(e.message());
+            return Tri::U(e.why());
         }
         match e {
             CExpr::Or(parts) => {
@@ -568,7 +616,7 @@ impl<'a> Ev<'a> {
             } => {
                 let items = match self.value(list).and_then(|v| self.list(v)) {
                     Ok(items) => items,
-                    Err(e) => return Tri::U(e.message()),
+                    Err(e) => return Tri::U(e.why()),
                 };
                 let mut acc = Tri::of(*all);
                 for item in items {
@@ -587,13 +635,13 @@ impl<'a> Ev<'a> {
             other => match self.value(other) {
                 Ok(V::B(b)) => Tri::of(b),
                 Ok(V::J(Value::Bool(b))) => Tri::of(*b),
-                Ok(_) => Tri::U("a condition is not true or false".into()),
-                Err(e) => Tri::U(e.message()),
+                Ok(_) => Tri::U(Why::NotBool),
+                Err(e) => Tri::U(e.why()),
             },
         }
     }
 
-    fn value(&self, e: &'a CExpr) -> Result<V<'a>, Err> {
+    fn value(&self, e: &'a CExpr) -> Result<V<'a>, Err<'a>> {
         self.step()?;
         match e {
             CExpr::Or(_) | CExpr::And(_) | CExpr::Not(_) | CExpr::Quant { .. } => {
@@ -620,12 +668,19 @@ impl<'a> Ev<'a> {
             CExpr::Under(subject, domains) => {
                 let v = self.value(subject)?;
                 let d = self.str(v)?;
-                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                // Compared without case, label by label, without allocating.
+                let d = d.trim_end_matches('.').as_bytes();
                 Ok(V::B(domains.iter().any(|e| {
-                    d == *e
-                        || (d.len() > e.len()
-                            && d.ends_with(e.as_str())
-                            && d.as_bytes().get(d.len() - e.len() - 1) == Some(&b'.'))
+                    let e = e.as_bytes();
+                    match d.len().checked_sub(e.len()) {
+                        Some(0) => d.eq_ignore_ascii_case(e),
+                        Some(start) => {
+                            d.get(start - 1) == Some(&b'.')
+                                && d.get(start..)
+                                    .is_some_and(|tail| tail.eq_ignore_ascii_case(e))
+                        }
+                        None => false,
+                    }
                 })))
             }
             CExpr::Regex(subject, re) => {
@@ -645,7 +700,7 @@ impl<'a> Ev<'a> {
                 within(ms, *weekdays, *start, *end, zone).map(V::B)
             }
             CExpr::Coalesce(parts) => {
-                let mut last = Err::Missing("no value".into());
+                let mut last = Err::Missing(Why::NoValue);
                 for p in parts {
                     match self.value(p) {
                         Ok(v) => return Ok(v),
@@ -668,16 +723,16 @@ impl<'a> Ev<'a> {
                                     domain.trim_end_matches('.').to_ascii_lowercase(),
                                 )))
                             }
-                            _ => Err(Err::Type(format!("{s:?} is not an e-mail address"))),
+                            _ => Err(Err::Type(Why::Text(format!(
+                                "{s:?} is not an e-mail address"
+                            )))),
                         }
                     }
                 }
             }
             CExpr::Count { spec, window_ms } => {
                 let group = group_of(self.program, *spec, self.input.action, self.input.agent)
-                    .ok_or_else(|| {
-                        Err::Missing("the param this count groups by is not in the request".into())
-                    })?;
+                    .ok_or_else(|| Err::Missing(Why::Group))?;
                 let key = self
                     .program
                     .counts
@@ -701,9 +756,7 @@ impl<'a> Ev<'a> {
             }),
             CExpr::Param(path) => lookup(&self.input.action.params, path)
                 .map(V::J)
-                .ok_or_else(|| {
-                    Err::Missing(format!("params.{} is not in the request", path.join(".")))
-                }),
+                .ok_or_else(|| Err::Missing(Why::Param(path))),
             CExpr::Var(slot, path) => {
                 let item = self
                     .slots
@@ -711,57 +764,55 @@ impl<'a> Ev<'a> {
                     .get(*slot)
                     .copied()
                     .flatten()
-                    .ok_or_else(|| Err::Type("an unbound variable".into()))?;
+                    .ok_or(Err::Type(Why::Unbound))?;
                 let mut v = item;
                 for f in path {
                     v = v
                         .as_object()
                         .and_then(|o| o.get(f))
                         .filter(|v| !v.is_null())
-                        .ok_or_else(|| {
-                            Err::Missing(format!("the field {f} is not in the request"))
-                        })?;
+                        .ok_or_else(|| Err::Missing(Why::Field(f)))?;
                 }
                 Ok(V::J(v))
             }
         }
     }
 
-    fn str(&self, v: V<'a>) -> Result<Cow<'a, str>, Err> {
+    fn str(&self, v: V<'a>) -> Result<Cow<'a, str>, Err<'a>> {
         match v {
             V::S(s) => Ok(s),
             V::J(Value::String(s)) => Ok(Cow::Borrowed(s.as_str())),
-            other => Err(Err::Type(format!(
+            other => Err(Err::Type(Why::Text(format!(
                 "expected a string, found {}",
                 kind(&other)
-            ))),
+            )))),
         }
     }
 
-    fn int(&self, v: V<'a>) -> Result<i64, Err> {
+    fn int(&self, v: V<'a>) -> Result<i64, Err<'a>> {
         match v {
             V::I(i) => Ok(i),
             V::J(Value::Number(n)) => n
                 .as_i64()
-                .ok_or_else(|| Err::Type(format!("{n} is not an integer"))),
-            other => Err(Err::Type(format!(
+                .ok_or_else(|| Err::Type(Why::Text(format!("{n} is not an integer")))),
+            other => Err(Err::Type(Why::Text(format!(
                 "expected a number, found {}",
                 kind(&other)
-            ))),
+            )))),
         }
     }
 
-    fn list(&self, v: V<'a>) -> Result<&'a [Value], Err> {
+    fn list(&self, v: V<'a>) -> Result<&'a [Value], Err<'a>> {
         match v {
             V::J(Value::Array(items)) => Ok(items.as_slice()),
-            other => Err(Err::Type(format!(
+            other => Err(Err::Type(Why::Text(format!(
                 "expected a list, found {}",
                 kind(&other)
-            ))),
+            )))),
         }
     }
 
-    fn cmp(&self, op: CmpOp, l: V<'a>, r: V<'a>) -> Result<bool, Err> {
+    fn cmp(&self, op: CmpOp, l: V<'a>, r: V<'a>) -> Result<bool, Err<'a>> {
         match op {
             CmpOp::Eq => self.equal(l, r),
             CmpOp::Ne => self.equal(l, r).map(|b| !b),
@@ -784,12 +835,14 @@ impl<'a> Ev<'a> {
             CmpOp::StartsWith => Ok(self.str(l)?.starts_with(self.str(r)?.as_ref())),
             CmpOp::EndsWith => Ok(self.str(l)?.ends_with(self.str(r)?.as_ref())),
             CmpOp::Contains => Ok(self.str(l)?.contains(self.str(r)?.as_ref())),
-            CmpOp::Under => Err(Err::Type("`under` needs a list of domains".into())),
+            CmpOp::Under => Err(Err::Type(Why::Text(
+                "`under` needs a list of domains".into(),
+            ))),
         }
     }
 
     /// Typed equality: comparing values of different types is an error, not `false`.
-    fn equal(&self, l: V<'a>, r: V<'a>) -> Result<bool, Err> {
+    fn equal(&self, l: V<'a>, r: V<'a>) -> Result<bool, Err<'a>> {
         match (scalar(&l), scalar(&r)) {
             (Scalar::Str(a), Scalar::Str(b)) => Ok(a == b),
             (Scalar::Int(a), Scalar::Int(b)) => Ok(a == b),
@@ -799,11 +852,11 @@ impl<'a> Ev<'a> {
             {
                 Ok(a == b)
             }
-            _ => Err(Err::Type(format!(
+            _ => Err(Err::Type(Why::Text(format!(
                 "cannot compare {} with {}",
                 kind(&l),
                 kind(&r)
-            ))),
+            )))),
         }
     }
 
@@ -884,7 +937,7 @@ fn kind(v: &V<'_>) -> &'static str {
     }
 }
 
-fn and(a: Tri, b: Tri) -> Tri {
+fn and<'a>(a: Tri<'a>, b: Tri<'a>) -> Tri<'a> {
     match (a, b) {
         (Tri::F, _) | (_, Tri::F) => Tri::F,
         (Tri::U(m), _) | (_, Tri::U(m)) => Tri::U(m),
@@ -901,9 +954,9 @@ fn within(
     start: u16,
     end: u16,
     zone: &jiff::tz::TimeZone,
-) -> Result<bool, Err> {
+) -> Result<bool, Err<'static>> {
     let ts = jiff::Timestamp::from_millisecond(ms)
-        .map_err(|e| Err::Type(format!("the time is out of range: {e}")))?;
+        .map_err(|e| Err::Type(Why::Text(format!("the time is out of range: {e}"))))?;
     let local = ts.to_zoned(zone.clone());
     let minute =
         u16::try_from(i32::from(local.hour()) * 60 + i32::from(local.minute())).unwrap_or(0);
@@ -989,8 +1042,14 @@ mod tests {
 
     #[test]
     fn three_valued_and() {
-        assert_eq!(and(Tri::U("x".into()), Tri::F), Tri::F);
-        assert_eq!(and(Tri::T, Tri::U("x".into())), Tri::U("x".into()));
-        assert_eq!(Tri::U("x".into()).not(), Tri::U("x".into()));
+        assert_eq!(and(Tri::U(Why::Text("x".into())), Tri::F), Tri::F);
+        assert_eq!(
+            and(Tri::T, Tri::U(Why::Text("x".into()))),
+            Tri::U(Why::Text("x".into()))
+        );
+        assert_eq!(
+            Tri::U(Why::Text("x".into())).not(),
+            Tri::U(Why::Text("x".into()))
+        );
     }
 }
