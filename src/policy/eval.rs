@@ -732,7 +732,7 @@ impl<'a> Ev<'a> {
             }
             CExpr::Count { spec, window_ms } => {
                 let group = group_of(self.program, *spec, self.input.action, self.input.agent)
-                    .ok_or_else(|| Err::Missing(Why::Group))?;
+                    .ok_or(Err::Missing(Why::Group))?;
                 let key = self
                     .program
                     .counts
