@@ -1,5 +1,5 @@
 //! Step-up holds: each transition, exactly-one resolution under races, bounds, restart,
-//! the 428 mode's redeem rules, the event feed, and (ignored; run alone) a 10,000-held
+//! the 428 mode's redeem rules, the event feed, and a 1,000-held (10,000 on request)
 //! memory and approval-latency measurement.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -539,17 +539,15 @@ async fn held_at_once(n: usize, bulk: bool) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// 1,000 held at once by default; the speed figures (10,000 held, BENCHMARKS.md) come from
+/// `AGENTGATE_HELD=10000 cargo test --release --test holds held_then_approved -- --nocapture
+/// --test-threads=1`, run alone for a meaningful RSS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_held_then_approved() {
-    held_at_once(1_000, true).await;
-    held_at_once(1_000, false).await;
-}
-
-/// Run alone for meaningful RSS: `cargo test --release --test holds -- --ignored
-/// --nocapture --test-threads=1`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore]
-async fn ten_thousand_held_then_approved() {
-    held_at_once(10_000, true).await;
-    held_at_once(10_000, false).await;
+async fn held_then_approved() {
+    let n = std::env::var("AGENTGATE_HELD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    held_at_once(n, true).await;
+    held_at_once(n, false).await;
 }
