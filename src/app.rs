@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::counters::Counters;
 use crate::dashboard::{self, DashboardState, reviewers::Reviewers};
 use crate::decider::Decider;
+use crate::holds::{HoldLimits, Holds};
 use crate::policy::Active;
 use crate::policy::schema::Schema;
 use crate::policy_files;
@@ -105,7 +106,11 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
             config.policies_dir.display()
         );
     }
-    let (counters, audit) = open_state(&config.data_dir, config.audit_retention)?;
+    let (counters, audit, holds) = open_state(
+        &config.data_dir,
+        config.audit_retention,
+        config.step_up_window,
+    )?;
     let counters = Arc::new(counters);
     let audit = Arc::new(audit);
     let decider = Arc::new(Decider::new(active.clone(), counters.clone()));
@@ -117,8 +122,14 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         Some(metrics.clone()),
     );
     let pruned_audit = audit.clone();
+    let expiring = holds.clone();
     let watcher = tokio::spawn(async move {
-        tokio::join!(watch, prune_counters(counters), prune_audit(pruned_audit));
+        tokio::join!(
+            watch,
+            prune_counters(counters),
+            prune_audit(pruned_audit),
+            expire_holds(expiring)
+        );
     });
     let (ca, created_ca) = ca::ensure(&config.certs_dir)?;
     let bundle = ca::write_bundle(&config.certs_dir, &ca)?;
@@ -171,11 +182,13 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         own_addrs,
         metrics: metrics.clone(),
         audit: audit.clone(),
+        holds: holds.clone(),
     });
     let dashboard_state = Arc::new(DashboardState {
         reviewers: Reviewers::load(&config.reviewers, &config.data_dir)?,
         metrics,
         audit,
+        holds,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -281,7 +294,8 @@ async fn prune_counters(counters: Arc<Counters>) {
 fn open_state(
     data: &std::path::Path,
     retention: crate::audit::Retention,
-) -> Result<(Counters, Audit), AppError> {
+    window: std::time::Duration,
+) -> Result<(Counters, Audit, Holds), AppError> {
     let path = crate::audit::cli::store_path(data);
     let store = |source: Box<dyn std::error::Error + Send + Sync>| AppError::Store {
         path: path.clone(),
@@ -292,7 +306,24 @@ fn open_state(
     let counters =
         Counters::open(tree, crate::decider::now_ms()).map_err(|e| store(Box::new(e)))?;
     let audit = Audit::open(&db, &path, retention).map_err(|e| store(Box::new(e)))?;
-    Ok((counters, audit))
+    let holds = Holds::open(
+        &db,
+        &path,
+        window,
+        HoldLimits::default(),
+        crate::decider::now_ms(),
+    )
+    .map_err(|e| store(Box::new(e)))?;
+    Ok((counters, audit, holds))
+}
+
+/// Expires step-up challenges whose window closed (held ones also expire on their own).
+async fn expire_holds(holds: Holds) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let h = holds.clone();
+        let _ = tokio::task::spawn_blocking(move || h.expire_due(crate::decider::now_ms())).await;
+    }
 }
 
 /// Applies the audit retention once an hour (and once at start).

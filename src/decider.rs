@@ -64,6 +64,19 @@ impl Decider {
         credential: &str,
         now_ms: i64,
     ) -> Decision {
+        self.admit_approved(actions, agent, credential, now_ms, &[])
+    }
+
+    /// [`Decider::admit`] for a request a reviewer approved: the step-up rules in `approved` no
+    /// longer fire, and a block that fires now still blocks (policy-language.md, semantics 7).
+    pub fn admit_approved(
+        &self,
+        actions: &[Action],
+        agent: &str,
+        credential: &str,
+        now_ms: i64,
+        approved: &[String],
+    ) -> Decision {
         let Some(program) = self.active.current() else {
             return policy::no_policy(actions);
         };
@@ -72,8 +85,14 @@ impl Decider {
             &lock,
             now_ms,
             |view| {
-                let d =
-                    program.decide_request(actions, agent, credential, now_ms, &[], &View(view));
+                let d = program.decide_request(
+                    actions,
+                    agent,
+                    credential,
+                    now_ms,
+                    approved,
+                    &View(view),
+                );
                 let admitted = d.effect == Effect::Allow;
                 (d, admitted)
             },

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,6 +28,7 @@ pub struct DashboardState {
     pub reviewers: Reviewers,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<crate::audit::Audit>,
+    pub holds: crate::holds::Holds,
 }
 
 /// Most time a client may take to send a request head.
@@ -53,7 +54,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                async move {
+                    let resp = if req.uri().path().starts_with("/api/challenges") {
+                        challenges_api(&state, req).await
+                    } else {
+                        route(&state, req)
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -97,6 +105,119 @@ fn route(state: &DashboardState, req: Request<Incoming>) -> Response<Body> {
         _ => json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "not_found", "reason": format!("no {path} here")}),
+        ),
+    }
+}
+
+/// Largest body a reviewer's decision may have (the note).
+const MAX_NOTE_BODY: usize = 16 * 1024;
+
+/// `GET /api/challenges?state=pending`, `POST /api/challenges/{id}/approve|deny` with an
+/// optional JSON body `{"note": ".."}`. Reviewers authenticate with their bearer token.
+async fn challenges_api(state: &DashboardState, req: Request<Incoming>) -> Response<Body> {
+    let reviewer = match authorize(state, &req) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let path = req.uri().path().to_string();
+    let rest = path.trim_start_matches("/api/challenges").trim_matches('/');
+    let bad = |status: StatusCode, error: &str, reason: String| {
+        json(
+            status,
+            &serde_json::json!({"error": error, "reason": reason}),
+        )
+    };
+    if rest.is_empty() && req.method() == Method::GET {
+        let query = req.uri().query().unwrap_or("");
+        let params = crate::actions::canonical::parse_query(query).unwrap_or_default();
+        let wanted = params
+            .iter()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.as_str());
+        let st = match wanted.map(crate::holds::State::parse) {
+            None => None,
+            Some(Some(s)) => Some(s),
+            Some(None) => {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "state is pending, approved, denied, expired, abandoned, interrupted or redeemed".into(),
+                );
+            }
+        };
+        let holds = state.holds.clone();
+        let list = tokio::task::spawn_blocking(move || holds.list(st))
+            .await
+            .unwrap_or_default();
+        return json(StatusCode::OK, &serde_json::json!({"challenges": list}));
+    }
+    let (id, verb) = match rest.split_once('/') {
+        Some((id, verb)) if req.method() == Method::POST => (id.to_string(), verb.to_string()),
+        _ => {
+            return bad(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {} {path} here", req.method()),
+            );
+        }
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_NOTE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return bad(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the note is too long".into(),
+            );
+        }
+    };
+    let note = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => v.get("note").and_then(|n| n.as_str()).map(str::to_string),
+            Err(e) => {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    let holds = state.holds.clone();
+    let now = crate::decider::now_ms();
+    let result = tokio::task::spawn_blocking(move || match verb.as_str() {
+        "approve" => Some(holds.approve(&id, &reviewer, note, now)),
+        "deny" => Some(holds.deny(&id, &reviewer, note, now)),
+        _ => None,
+    })
+    .await
+    .unwrap_or(None);
+    match result {
+        None => bad(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "POST /api/challenges/{id}/approve or /deny".into(),
+        ),
+        Some(Ok(c)) => json(StatusCode::OK, &serde_json::json!({"challenge": c})),
+        Some(Err(crate::holds::HoldError::Unknown)) => bad(
+            StatusCode::NOT_FOUND,
+            "unknown_challenge",
+            "no such challenge".into(),
+        ),
+        Some(Err(crate::holds::HoldError::AlreadyDecided { state: st })) => bad(
+            StatusCode::CONFLICT,
+            "already_decided",
+            format!("the challenge is already {st}"),
+        ),
+        Some(Err(e)) => bad(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "holds_unavailable",
+            e.to_string(),
         ),
     }
 }

@@ -215,6 +215,7 @@ pub fn decide_traced(
         steps: Cell::new(0),
         slots: RefCell::new(Vec::new()),
     };
+    let mut approved_fired: Vec<String> = Vec::new();
     let mut enforcing: Vec<(usize, Fired)> = Vec::new();
     let mut shadow: Vec<(usize, Fired)> = Vec::new();
     for i in applicable(program, &input.action.name) {
@@ -235,6 +236,9 @@ pub fn decide_traced(
                 approved: is_approved,
                 clauses: out.clauses,
             });
+        }
+        if is_approved && !rule.shadow {
+            approved_fired.push(rule.id.clone());
         }
         if !out.fires || is_approved {
             continue;
@@ -304,6 +308,13 @@ pub fn decide_traced(
                     .collect::<Vec<_>>()
                     .join("; "),
             )
+        }
+        // Only approved step-ups would have fired: the reviewer's approval is the allow (the
+        // default does not undo it; a block or another step-up that fires still wins).
+        None if !approved_fired.is_empty() => {
+            approved_fired.sort();
+            let reason = format!("approved by a reviewer ({})", approved_fired.join(", "));
+            (Effect::Allow, approved_fired, reason)
         }
         None => (
             program.default.effect.into(),

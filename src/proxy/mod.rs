@@ -45,6 +45,8 @@ pub struct ProxyState {
     pub github_enterprise: BTreeSet<String>,
     /// The audit log: every decision is durable here before anything goes upstream.
     pub audit: Arc<crate::audit::Audit>,
+    /// Step-up challenges: held requests waiting for a reviewer.
+    pub holds: crate::holds::Holds,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The agents the proxy credentials are checked against.

@@ -99,7 +99,7 @@ async fn run(
             state, provider, origin, &parts, &body, &path,
         ));
     let now = crate::decider::now_ms();
-    let mut decision = state
+    let decision = state
         .decider
         .admit(&actions, agent, credential.as_str(), now);
     state.metrics.decided(&decision);
@@ -122,12 +122,15 @@ async fn run(
         Effect::Allow => {}
         Effect::Block => return Err(Refusal::Blocked(decision)),
         Effect::StepUp => {
-            // Holding a request for a reviewer is not built yet: a step-up is refused, and
-            // says so, rather than let through.
-            decision.reason.push_str(
-                " (approval needed: this gate cannot hold requests for a reviewer yet, so the request is refused)",
-            );
-            return Err(Refusal::Blocked(decision));
+            let held = Held {
+                parts,
+                body,
+                path,
+                actions,
+                provider,
+                credential,
+            };
+            return step_up(state, origin, rid, held, decision).await;
         }
     }
     let decided = std::time::Instant::now();
@@ -146,6 +149,229 @@ async fn run(
         tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
     }
     result
+}
+
+/// A request waiting on a step-up: everything needed to forward exactly what was inspected.
+struct Held {
+    parts: Parts,
+    body: Bytes,
+    path: String,
+    actions: Vec<Action>,
+    provider: Option<Provider>,
+    credential: Credential,
+}
+
+/// The header an agent sends to say it will not wait (`no`): it gets 428 and a challenge id.
+const HOLD_HEADER: &str = "agentgate-hold";
+/// The header carrying a challenge id: on the agent's retry, and on the approved response.
+const CHALLENGE_HEADER: &str = "agentgate-challenge";
+
+/// A step-up: a challenge for a reviewer, and the request held until it is settled (or, with
+/// `agentgate-hold: no`, a 428 now and a retry that passes once approved).
+async fn step_up(
+    state: &ProxyState,
+    origin: &Origin,
+    rid: &RequestId,
+    held: Held,
+    decision: crate::policy::Decision,
+) -> Result<Response<RespBody>, Refusal> {
+    let agent = origin.agent.name.clone();
+    let digest = crate::holds::digest(
+        &agent,
+        &held.actions,
+        &origin.target.host,
+        held.parts.method.as_str(),
+        &held.path,
+        &held.body,
+    );
+    let header = |name: &str| {
+        held.parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // The retry of a request the agent was not held for.
+    if let Some(id) = header(CHALLENGE_HEADER) {
+        let (holds, a, d) = (state.holds.clone(), agent.clone(), digest.clone());
+        let redeemed = tokio::task::spawn_blocking(move || {
+            holds.redeem(&id, &a, &d, crate::decider::now_ms())
+        })
+        .await
+        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")))?;
+        match redeemed {
+            Ok(c) => return approved(state, origin, rid, held, c).await,
+            Err(crate::holds::HoldError::NotApproved {
+                state: crate::holds::State::Pending,
+            }) => {
+                return Err(Refusal::StepUpPending {
+                    decision: Box::new(decision),
+                    challenge_id: header(CHALLENGE_HEADER).unwrap_or_default(),
+                    expires_at: String::new(),
+                });
+            }
+            // Unknown, used, expired, another request: a new challenge below.
+            Err(_) => {}
+        }
+    }
+    let hold = header(HOLD_HEADER).is_none_or(|v| !v.eq_ignore_ascii_case("no"));
+    let reasons: Vec<String> = decision
+        .fired
+        .iter()
+        .filter(|f| !f.shadow && decision.rules.contains(&f.rule) && !f.reason.is_empty())
+        .map(|f| f.reason.clone())
+        .collect();
+    let new = crate::holds::NewChallenge {
+        agent: agent.clone(),
+        actions: held.actions.clone(),
+        rules: decision.rules.clone(),
+        reasons: if reasons.is_empty() {
+            vec![decision.reason.clone()]
+        } else {
+            reasons
+        },
+        digest,
+        hold,
+    };
+    let holds = state.holds.clone();
+    let created = tokio::task::spawn_blocking(move || holds.create(new, crate::decider::now_ms()))
+        .await
+        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")))?;
+    let (challenge, waiter) = match created {
+        Ok(x) => x,
+        Err(crate::holds::HoldError::TooMany { limit, .. }) => {
+            return Err(Refusal::TooManyHeld(format!(
+                "too many requests are waiting for a reviewer (limit {limit}); retry later"
+            )));
+        }
+        Err(e) => {
+            return Err(Refusal::Audit(format!(
+                "the step-up could not be stored: {e}"
+            )));
+        }
+    };
+    if !hold {
+        drop(waiter);
+        return Err(Refusal::StepUpPending {
+            decision: Box::new(decision),
+            challenge_id: challenge.id,
+            expires_at: rfc3339(challenge.expires_ms),
+        });
+    }
+    state.metrics.held_change(1);
+    let settled = waiter.outcome().await;
+    state.metrics.held_change(-1);
+    if settled.state == crate::holds::State::Approved {
+        return approved(state, origin, rid, held, settled).await;
+    }
+    record_settled(
+        state,
+        origin,
+        rid,
+        &held,
+        &decision,
+        &settled,
+        settled.state.as_str(),
+    )
+    .await?;
+    Err(Refusal::Settled {
+        decision: Box::new(decision),
+        state: settled.state.as_str().to_string(),
+        challenge_id: settled.id,
+        note: settled.note,
+    })
+}
+
+/// An approved step-up: decided again with the approved rules (a block that fires now still
+/// blocks), recorded, then forwarded as inspected; the response names the challenge.
+async fn approved(
+    state: &ProxyState,
+    origin: &Origin,
+    rid: &RequestId,
+    held: Held,
+    challenge: crate::holds::Challenge,
+) -> Result<Response<RespBody>, Refusal> {
+    let agent = origin.agent.name.as_str();
+    let now = crate::decider::now_ms();
+    let decision = state.decider.admit_approved(
+        &held.actions,
+        agent,
+        held.credential.as_str(),
+        now,
+        &challenge.rules,
+    );
+    state.metrics.decided(&decision);
+    let label = if decision.effect == Effect::Allow {
+        "approved"
+    } else {
+        decision.effect.as_str()
+    };
+    let seq = record_settled(state, origin, rid, &held, &decision, &challenge, label).await?;
+    if decision.effect != Effect::Allow {
+        return Err(Refusal::Blocked(decision));
+    }
+    let decided = std::time::Instant::now();
+    let Held {
+        parts,
+        body,
+        path,
+        actions,
+        provider,
+        credential,
+    } = held;
+    let result = forward(
+        state, origin, parts, body, path, &actions, provider, credential,
+    )
+    .await;
+    let outcome = OutcomeRecord {
+        time_ms: crate::decider::now_ms(),
+        status: result.as_ref().ok().map(|r| r.status().as_u16()),
+        latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
+        error: result.as_ref().err().map(|r| format!("{r:?}")),
+    };
+    if let Err(e) = state.audit.outcome(seq, outcome) {
+        state.metrics.audit_write_error();
+        tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
+    }
+    let mut resp = result?;
+    if let Ok(v) = HeaderValue::from_str(&challenge.id) {
+        resp.headers_mut().insert(CHALLENGE_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// The audit record of how a step-up was settled (with the challenge, reviewer and note).
+async fn record_settled(
+    state: &ProxyState,
+    origin: &Origin,
+    rid: &RequestId,
+    held: &Held,
+    decision: &crate::policy::Decision,
+    challenge: &crate::holds::Challenge,
+    label: &str,
+) -> Result<u64, Refusal> {
+    let mut record = DecisionRecord::new(
+        crate::decider::now_ms(),
+        &origin.agent.name,
+        &rid.to_string(),
+        held.credential.as_str(),
+        decision,
+        &held.actions,
+    );
+    record.decision = label.to_string();
+    record.challenge_id = Some(challenge.id.clone());
+    record.reviewer = challenge.reviewer.clone();
+    record.note = challenge.note.clone();
+    state.audit.decision(record).await.map_err(|e| {
+        state.metrics.audit_write_error();
+        Refusal::Audit(format!(
+            "the audit log cannot record this request ({e}); nothing was forwarded"
+        ))
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
 
 /// An allowed request: credentials swapped, forwarded, the response streamed back.

@@ -24,6 +24,21 @@ pub enum Refusal {
     Blocked(Decision),
     /// No or wrong proxy credentials (407).
     ProxyAuth(String),
+    /// A step-up the agent asked not to be held for (428): retry with `agentgate-challenge`.
+    StepUpPending {
+        decision: Box<Decision>,
+        challenge_id: String,
+        expires_at: String,
+    },
+    /// A step-up that was denied, expired or abandoned (403).
+    Settled {
+        decision: Box<Decision>,
+        state: String,
+        challenge_id: String,
+        note: Option<String>,
+    },
+    /// Too many requests held (429).
+    TooManyHeld(String),
     /// Malformed or ambiguous request (400); nothing forwarded.
     BadRequest(String),
     /// The request names another host than the tunnel it came through (421).
@@ -47,6 +62,9 @@ impl Refusal {
         match self {
             Refusal::Blocked(_) => StatusCode::FORBIDDEN,
             Refusal::ProxyAuth(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Refusal::StepUpPending { .. } => StatusCode::PRECONDITION_REQUIRED,
+            Refusal::Settled { .. } => StatusCode::FORBIDDEN,
+            Refusal::TooManyHeld(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,7 +79,8 @@ impl Refusal {
     /// A stable machine-readable code for the kind of error (absent on policy blocks).
     fn code(&self) -> Option<&'static str> {
         match self {
-            Refusal::Blocked(_) => None,
+            Refusal::Blocked(_) | Refusal::StepUpPending { .. } | Refusal::Settled { .. } => None,
+            Refusal::TooManyHeld(_) => Some("too_many_held"),
             Refusal::ProxyAuth(_) => Some("proxy_auth_required"),
             Refusal::BadRequest(_) => Some("bad_request"),
             Refusal::Misdirected(_) => Some("misdirected_request"),
@@ -77,11 +96,15 @@ impl Refusal {
     fn reason(&self) -> String {
         match self {
             Refusal::Blocked(d) => d.reason.clone(),
+            Refusal::StepUpPending { decision: d, .. } | Refusal::Settled { decision: d, .. } => {
+                d.reason.clone()
+            }
             Refusal::TooLarge { limit } => format!(
                 "the request body is over the gate's inspection limit of {limit} bytes; nothing was forwarded"
             ),
             Refusal::BadRequest(r)
             | Refusal::ProxyAuth(r)
+            | Refusal::TooManyHeld(r)
             | Refusal::Misdirected(r)
             | Refusal::HeadersTooLarge(r)
             | Refusal::Upstream(r)
@@ -99,6 +122,33 @@ impl Refusal {
                 "action": d.action,
                 "rules": d.rules,
                 "reason": d.reason,
+                "request_id": request_id.to_string(),
+            }),
+            Refusal::StepUpPending {
+                decision,
+                challenge_id,
+                expires_at,
+            } => json!({
+                "decision": "step_up",
+                "action": decision.action,
+                "rules": decision.rules,
+                "reason": decision.reason,
+                "challenge_id": challenge_id,
+                "expires_at": expires_at,
+                "request_id": request_id.to_string(),
+            }),
+            Refusal::Settled {
+                decision,
+                state,
+                challenge_id,
+                note,
+            } => json!({
+                "decision": state,
+                "action": decision.action,
+                "rules": decision.rules,
+                "reason": decision.reason,
+                "challenge_id": challenge_id,
+                "note": note,
                 "request_id": request_id.to_string(),
             }),
             other => json!({
@@ -120,6 +170,12 @@ impl Refusal {
 pub fn refusal(r: &Refusal, request_id: &RequestId) -> Response<RespBody> {
     let decision = match r {
         Refusal::Blocked(d) => d.effect.as_str(),
+        Refusal::StepUpPending { .. } => "step_up",
+        Refusal::Settled { state, .. } => match state.as_str() {
+            "denied" => "denied",
+            "expired" => "expired",
+            _ => "abandoned",
+        },
         _ => "error",
     };
     let body = r.body(request_id).to_string();
