@@ -807,11 +807,12 @@ async fn foreign_credentials_are_refused_by_the_shipped_policy_and_nothing_is_fe
     let got = send(
         c.post("https://api.github.com/repos/acme/api/issues")
             .header("authorization", &ph)
+            .header("agentgate-hold", "no")
             .json(&serde_json::json!({"title": "hello"})),
         &seen,
     )
     .await;
-    assert_eq!(got.status, 403);
+    assert_eq!(got.status, 428);
     assert_eq!(got.json()["decision"], "step_up");
 
     assert!(up.requests().is_empty(), "{:?}", up.requests());
@@ -1464,11 +1465,12 @@ async fn after_all_the_traffic_no_file_log_or_response_of_the_gate_holds_a_real_
     let got = send(
         c.post(format!("{gh}/issues"))
             .header("authorization", &ph)
+            .header("agentgate-hold", "no")
             .json(&serde_json::json!({"title": "hi"})),
         &seen,
     )
     .await;
-    assert_eq!(got.status, 403);
+    assert_eq!(got.status, 428);
     let got = send(
         c.get("https://www.googleapis.com/gmail/v1/users/me/labels")
             .header("authorization", format!("Bearer {GOOGLE_PLACEHOLDER}")),

@@ -48,17 +48,19 @@ async fn the_shipped_default_policy_decides_requests() {
     );
     assert!(v["request_id"].as_str().unwrap().starts_with("req_"));
 
-    // What no rule covers steps up; until reviewers can approve, that is a refusal that says so.
+    // What no rule covers steps up: a challenge for a reviewer (not held here: 428 at once).
     let r = client
         .post("https://api.github.com/repos/acme/api/issues")
+        .header("agentgate-hold", "no")
         .json(&serde_json::json!({"title": "hello"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 428);
     assert_eq!(r.headers()["agentgate-decision"], "step_up");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["decision"], "step_up");
+    assert!(v["challenge_id"].as_str().unwrap().starts_with("chl_"));
     assert_eq!(v["rules"], serde_json::json!(["default"]));
     assert!(
         v["reason"]
@@ -216,6 +218,7 @@ async fn a_real_token_hidden_in_a_batch_part_is_foreign() {
             .post("https://gmail.googleapis.com/batch/gmail/v1")
             .header("content-type", "multipart/mixed; boundary=B0undary")
             .header("authorization", "Bearer agentgate-placeholder-google")
+            .header("agentgate-hold", "no")
             .body(batch_with_part_auth(auth))
             .send()
     };
@@ -232,7 +235,7 @@ async fn a_real_token_hidden_in_a_batch_part_is_foreign() {
     let r = send("token agentgate-placeholder-google").await.unwrap();
     assert_eq!(
         r.status(),
-        403,
+        428,
         "creating labels steps up under the default policy"
     );
     let allow_all = TestGate::start(&ca, &[("gmail.googleapis.com", up.addr)], |_| {}).await;

@@ -1052,7 +1052,17 @@ mod tests {
             db.flush().unwrap();
             probes
         };
-        let db = sled::Config::new().path(&dir).open().unwrap();
+        // sled's flusher thread may still hold the directory's lock for a moment after the
+        // last handle is dropped (a loaded machine shows it): retry the reopen briefly.
+        let db = (0..100)
+            .find_map(|_| match sled::Config::new().path(&dir).open() {
+                Ok(db) => Some(db),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+            })
+            .unwrap();
         let c = Counters::open(db.open_tree("counters").unwrap(), T0 + 98_300).unwrap();
         for (k, w, now, n) in &probes {
             assert_eq!(c.count(k, *w, *now), *n, "{k:?} {w} {now}");
