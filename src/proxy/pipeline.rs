@@ -138,6 +138,19 @@ async fn run(
         state, origin, parts, body, path, &actions, provider, credential,
     )
     .await;
+    record_outcome(state, rid, seq, decided, &result);
+    result
+}
+
+/// Appends what became of a forwarded request to the audit log (not awaited: a lost outcome
+/// never hides a decision, which is already durable).
+fn record_outcome(
+    state: &ProxyState,
+    rid: &RequestId,
+    seq: u64,
+    decided: std::time::Instant,
+    result: &Result<Response<RespBody>, Refusal>,
+) {
     let outcome = OutcomeRecord {
         time_ms: crate::decider::now_ms(),
         status: result.as_ref().ok().map(|r| r.status().as_u16()),
@@ -148,7 +161,6 @@ async fn run(
         state.metrics.audit_write_error();
         tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
     }
-    result
 }
 
 /// A request waiting on a step-up: everything needed to forward exactly what was inspected.
@@ -323,16 +335,7 @@ async fn approved(
         state, origin, parts, body, path, &actions, provider, credential,
     )
     .await;
-    let outcome = OutcomeRecord {
-        time_ms: crate::decider::now_ms(),
-        status: result.as_ref().ok().map(|r| r.status().as_u16()),
-        latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
-        error: result.as_ref().err().map(|r| format!("{r:?}")),
-    };
-    if let Err(e) = state.audit.outcome(seq, outcome) {
-        state.metrics.audit_write_error();
-        tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
-    }
+    record_outcome(state, rid, seq, decided, &result);
     let mut resp = result?;
     if let Ok(v) = HeaderValue::from_str(&challenge.id) {
         resp.headers_mut().insert(CHALLENGE_HEADER, v);
