@@ -695,7 +695,8 @@ impl Counts for ManyCounts {
 }
 
 /// Checks a one-action decision against the program that made it: with no enforcing rule
-/// fired it is the default's (never allow); else the most severe effect among them, decided by
+/// fired it is the default's (never allow), or an allow by the approved step-up rules that
+/// would have fired (an approval); else the most severe effect among them, decided by
 /// exactly the rules of that effect. An approved step_up rule never fires.
 fn check_decision(program: &Program, d: &Decision, approved: &[String]) {
     let rule = |id: &str| {
@@ -719,10 +720,20 @@ fn check_decision(program: &Program, d: &Decision, approved: &[String]) {
         }
     }
     match winners.iter().map(|(e, _)| *e).max() {
+        // Only approved step-ups would have fired: the approval allows, named by those rules.
+        None if d.effect == Effect::Allow => {
+            assert!(!d.rules.is_empty(), "{d:?}");
+            for id in &d.rules {
+                assert!(
+                    approved.contains(id),
+                    "{id} allowed without approval: {d:?}"
+                );
+                assert_eq!(rule(id).effect, EffectKw::StepUp, "{d:?}");
+            }
+        }
         None => {
             assert_eq!(d.effect, Effect::from(program.default.effect), "{d:?}");
             assert_eq!(d.rules, ["default"]);
-            assert_ne!(d.effect, Effect::Allow, "the default never allows");
         }
         Some(top) => {
             assert_eq!(d.effect, top, "{d:?}");
