@@ -203,8 +203,13 @@ fn dispatch(command: Command) -> Result<(), String> {
         Command::Run { config } => {
             let config = load(config)?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            // The signal handlers are installed before the gate starts (and prints its banner).
+            let shutdown = {
+                let _runtime = runtime.enter();
+                shutdown_signal()
+            };
             runtime
-                .block_on(app::run(&config, shutdown_signal()))
+                .block_on(app::run(&config, shutdown))
                 .map_err(|e| e.to_string())
         }
         Command::Ca { command } => match command {
@@ -322,21 +327,32 @@ fn certs_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, S
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed by this call (inside the
+/// runtime), not when the future is first polled: a signal sent as soon as the banner is out
+/// stops the gate cleanly instead of killing it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(int) => {},
+                () = wait(term) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
