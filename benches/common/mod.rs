@@ -116,9 +116,15 @@ pub async fn tcp(addr: SocketAddr) -> TcpStream {
 /// nothing after the head until the client's ClientHello, so nothing can be over-read.
 pub async fn tunnel(gate: SocketAddr, target: &str) -> TcpStream {
     let mut s = tcp(gate).await;
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let auth = crate::support::proxy_auth(crate::support::TEST_AGENT, crate::support::TEST_TOKEN);
+    s.write_all(
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.ends_with(b"\r\n\r\n") {
