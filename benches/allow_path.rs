@@ -48,10 +48,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use support::{
-    GITHUB_PLACEHOLDER, REAL_GITHUB_TOKEN, TEST_AGENT, TEST_TOKEN, TempDir, TestCa, TestGate,
-    proxy_auth,
-};
+use support::{GITHUB_PLACEHOLDER, REAL_GITHUB_TOKEN, TempDir, TestCa, TestGate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -208,33 +205,6 @@ enum Route {
     Gate(SocketAddr),
 }
 
-/// A CONNECT tunnel through the gate as the test agent.
-async fn tunnel(gate: SocketAddr) -> TcpStream {
-    let mut s = tcp(gate).await;
-    s.write_all(
-        format!(
-            "CONNECT {TARGET} HTTP/1.1\r\nHost: {TARGET}\r\nProxy-Authorization: {}\r\n\r\n",
-            proxy_auth(TEST_AGENT, TEST_TOKEN)
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "gate closed during CONNECT");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    assert!(
-        buf.starts_with(b"HTTP/1.1 200"),
-        "CONNECT refused: {}",
-        String::from_utf8_lossy(&buf)
-    );
-    s
-}
-
 struct Client {
     direct: Arc<rustls::ClientConfig>,
     gate: Arc<rustls::ClientConfig>,
@@ -244,7 +214,7 @@ impl Client {
     async fn connect(&self, path: Route) -> http1::SendRequest<ReqBody> {
         match path {
             Route::Direct(a) => h1(tls(tcp(a).await, &self.direct).await).await,
-            Route::Gate(g) => h1(tls(tunnel(g).await, &self.gate).await).await,
+            Route::Gate(g) => h1(tls(common::tunnel(g, TARGET).await, &self.gate).await).await,
         }
     }
 }
