@@ -51,7 +51,7 @@ fn state(dir: &TempDir) -> PathBuf {
 }
 
 fn db(dir: &TempDir) -> sled::Db {
-    sled::open(state(dir)).unwrap()
+    agentgate::store::open_unshared(&state(dir)).unwrap()
 }
 
 fn tree(db: &sled::Db) -> sled::Tree {
@@ -297,7 +297,7 @@ async fn pruning_by_age_leaves_a_remainder_that_verifies() {
     // A pruning cut short (removal goes oldest first) leaves the newest of its range stored,
     // and that still verifies.
     let dir = TempDir::new("age-cut");
-    let db = sled::open(state(&dir)).unwrap();
+    let db = agentgate::store::open_unshared(&state(&dir)).unwrap();
     let audit = Audit::open(&db, &state(&dir), retention).unwrap();
     fill(&audit, T0, 10).await;
     let tree = db.open_tree(SledSink::TREE).unwrap();
@@ -382,12 +382,12 @@ async fn reopening_resumes_the_chain() {
     let dir = TempDir::new("reopen");
     let path = dir.path().join("state");
     {
-        let db = sled::open(&path).unwrap();
+        let db = agentgate::store::open_unshared(&path).unwrap();
         let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
         fill(&audit, T0, 5).await;
     }
     {
-        let db = sled::open(&path).unwrap();
+        let db = agentgate::store::open_unshared(&path).unwrap();
         let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
         assert_eq!(audit.stats().last_seq, 10);
         let seqs = fill(&audit, T0 + 10 * MIN, 5).await;
@@ -631,7 +631,7 @@ async fn secrets_never_reach_the_stores_files() {
     let dir = TempDir::new("secrets");
     let path = dir.path().join("state");
     {
-        let db = sled::open(&path).unwrap();
+        let db = agentgate::store::open_unshared(&path).unwrap();
         let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
         for (i, s) in SECRETS.iter().enumerate() {
             let mut params = Map::new();

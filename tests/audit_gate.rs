@@ -453,7 +453,7 @@ async fn a_gate_killed_mid_traffic_keeps_a_record_of_every_forwarded_request() {
         .as_u64()
         .unwrap();
     {
-        let db = sled::open(setup.data().join("state")).unwrap();
+        let db = agentgate::store::open_unshared(&setup.data().join("state")).unwrap();
         let tree = db.open_tree("audit").unwrap();
         let mut value = tree.get(victim.to_be_bytes()).unwrap().unwrap().to_vec();
         let body = &value[32..];

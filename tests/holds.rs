@@ -376,7 +376,7 @@ fn stored_durably_and_interrupted_on_restart() {
     let dir = temp_dir("restart");
     let (pending, approved, denied);
     {
-        let db = sled::Config::new().path(&dir).open().unwrap();
+        let db = agentgate::store::open_unshared(&dir).unwrap();
         let h = Holds::open(&db, &dir, WINDOW, HoldLimits::default(), T0).unwrap();
         let (p, _w1) = h.create(new("coder", false), T0).unwrap();
         let (a, _w2) = h.create(new("coder", false), T0).unwrap();
@@ -387,7 +387,7 @@ fn stored_durably_and_interrupted_on_restart() {
         approved = a.id;
         denied = d.id;
     }
-    let db = sled::Config::new().path(&dir).open().unwrap();
+    let db = agentgate::store::open_unshared(&dir).unwrap();
     let h = Holds::open(&db, &dir, WINDOW, HoldLimits::default(), T0 + 10).unwrap();
     let p = h.get(&pending).unwrap();
     assert_eq!((p.state, p.decided_ms), (State::Interrupted, Some(T0 + 10)));
@@ -411,7 +411,7 @@ fn stored_durably_and_interrupted_on_restart() {
     drop(h);
     drop(db);
     // The interruption and the redemption were stored.
-    let db = sled::Config::new().path(&dir).open().unwrap();
+    let db = agentgate::store::open_unshared(&dir).unwrap();
     let h = Holds::open(&db, &dir, WINDOW, HoldLimits::default(), T0 + 20).unwrap();
     assert_eq!(h.get(&pending).unwrap().decided_ms, Some(T0 + 10));
     assert_eq!(
@@ -443,7 +443,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// and reports RSS growth and approve-call-to-waiter-wake latencies.
 async fn held_at_once(n: usize, bulk: bool) {
     let dir = temp_dir("bench");
-    let db = sled::Config::new().path(&dir).open().unwrap();
+    let db = agentgate::store::open_unshared(&dir).unwrap();
     let limits = HoldLimits {
         per_agent: n,
         total: n,

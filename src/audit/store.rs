@@ -206,13 +206,11 @@ pub(super) fn open_path(path: &Path) -> Result<SledSink, AuditError> {
             path: path.to_path_buf(),
         });
     }
-    match crate::store::open(path) {
+    match crate::store::try_open(path) {
         Ok(db) => SledSink::open(&db, path),
-        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-            Err(AuditError::Locked {
-                path: path.to_path_buf(),
-            })
-        }
+        Err(e) if crate::store::is_lock_contention(&e) => Err(AuditError::Locked {
+            path: path.to_path_buf(),
+        }),
         Err(e) => Err(read_err(e)),
     }
 }

@@ -1053,16 +1053,8 @@ mod tests {
             probes
         };
         // sled's flusher thread may still hold the directory's lock for a moment after the
-        // last handle is dropped (a loaded machine shows it): retry the reopen briefly.
-        let db = (0..100)
-            .find_map(|_| match sled::Config::new().path(&dir).open() {
-                Ok(db) => Some(db),
-                Err(_) => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    None
-                }
-            })
-            .unwrap();
+        // last handle is dropped: the store's open waits for it.
+        let db = crate::store::open_unshared(&dir).unwrap();
         let c = Counters::open(db.open_tree("counters").unwrap(), T0 + 98_300).unwrap();
         for (k, w, now, n) in &probes {
             assert_eq!(c.count(k, *w, *now), *n, "{k:?} {w} {now}");
