@@ -123,12 +123,14 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     );
     let pruned_audit = audit.clone();
     let expiring = holds.clone();
+    let (retained, retention) = (holds.clone(), config.step_up_retention);
     let watcher = tokio::spawn(async move {
         tokio::join!(
             watch,
             prune_counters(counters),
             prune_audit(pruned_audit),
-            expire_holds(expiring)
+            expire_holds(expiring),
+            prune_holds(retained, retention)
         );
     });
     let (ca, created_ca) = ca::ensure(&config.certs_dir)?;
@@ -335,6 +337,23 @@ async fn prune_audit(audit: Arc<Audit>) {
             Ok(Ok(0)) | Err(_) => {}
             Ok(Ok(n)) => tracing::info!("audit: pruned {n} records past the retention"),
             Ok(Err(e)) => tracing::warn!("audit: pruning failed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
+
+/// Removes decided step-up challenges past `step_up.retention` once an hour (and once at
+/// start); `None` keeps them forever.
+async fn prune_holds(holds: Holds, retention: Option<std::time::Duration>) {
+    let Some(max_age) = retention else { return };
+    loop {
+        let h = holds.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || h.prune(crate::decider::now_ms(), max_age)).await;
+        match pruned {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => tracing::info!("holds: removed {n} challenges past the retention"),
+            Ok(Err(e)) => tracing::warn!("holds: pruning failed: {e}"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }

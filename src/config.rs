@@ -142,6 +142,9 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawStepUp {
     window: Option<String>,
+    /// Decided challenges are removed this long after they were settled (default "7d"; "0"
+    /// keeps them forever). Pending ones are never removed.
+    retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +257,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: Limits,
     pub step_up_window: Duration,
+    /// How long decided challenges are kept (`None`: forever).
+    pub step_up_retention: Option<Duration>,
     /// How long audit records are kept.
     pub audit_retention: crate::audit::Retention,
     pub agents: Vec<Principal>,
@@ -484,6 +489,7 @@ fn fallback(base: &Path) -> Config {
         },
         limits: Limits::default(),
         step_up_window: Duration::from_secs(15 * 60),
+        step_up_retention: Some(Duration::from_secs(7 * 24 * 3600)),
         audit_retention: crate::audit::Retention::default(),
         agents: Vec::new(),
         reviewers: Vec::new(),
@@ -530,6 +536,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     cfg.limits = limits(raw.limits)?;
     if let Some(w) = raw.step_up.window {
         cfg.step_up_window = parse_duration("step_up.window", &w)?;
+    }
+    if let Some(r) = &raw.step_up.retention {
+        cfg.step_up_retention = match r.trim() {
+            "0" => None,
+            r => Some(parse_duration("step_up.retention", r)?),
+        };
     }
     if let Some(age) = &raw.audit.max_age {
         cfg.audit_retention.max_age = match age.trim() {
@@ -958,6 +970,23 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert!(c.intercept.contains("gmail.googleapis.com"));
         assert_eq!(c.step_up_window, Duration::from_secs(900));
+        assert_eq!(
+            c.step_up_retention,
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+    }
+
+    #[test]
+    fn step_up_retention_is_a_duration_or_zero_for_forever() {
+        let c = Config::from_toml("[step_up]\nretention = \"30d\"", Path::new(".")).unwrap();
+        assert_eq!(
+            c.step_up_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let c = Config::from_toml("[step_up]\nretention = \"0\"", Path::new(".")).unwrap();
+        assert_eq!(c.step_up_retention, None);
+        let e = Config::from_toml("[step_up]\nretention = \"a while\"", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("step_up.retention"));
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! agent is refused either way); a failed write of theirs is logged, and a restart then shows
 //! the challenge as interrupted.
 //!
+//! Decided challenges stay in the store (the dashboard lists them) until [`Holds::prune`]
+//! removes those settled longer ago than the retention (`step_up.retention`); pending ones are
+//! never pruned.
+//!
 //! Blocking: `create`, `approve`, `deny`, `expire_due`, `redeem` and dropping a pending
 //! [`Waiter`] wait for an fsync (sub-millisecond to a few ms; concurrent callers share one).
 //! Async callers that mind should use `spawn_blocking`; [`Waiter::outcome`] already does for
@@ -514,6 +518,34 @@ impl Holds {
             .collect()
     }
 
+    /// Removes, from the store and from memory, decided challenges settled at least `max_age`
+    /// before `now_ms`; "settled" is the latest of their decision, redemption and expiry, so an
+    /// approval stays redeemable for its whole window whatever `max_age` is. Pending challenges
+    /// are never removed. Returns how many were removed. The owner calls it periodically
+    /// (`step_up.retention`); it scans the whole tree.
+    pub fn prune(&self, now_ms: i64, max_age: Duration) -> Result<usize, HoldError> {
+        let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(age_ms);
+        let old = |c: &Challenge| c.state != State::Pending && settled_ms(c) <= cutoff;
+        let removed = self.inner.backing.remove_where(old)?;
+        let mut forgotten = 0;
+        {
+            let mut ix = lock(&self.inner.index);
+            ix.entries.retain(|_, e| {
+                // try_lock: an entry being decided right now is looked at next time.
+                let Ok(c) = e.rec.try_lock() else { return true };
+                let keep = !old(&c);
+                forgotten += usize::from(!keep);
+                keep
+            });
+        }
+        Ok(if self.inner.backing.is_durable() {
+            removed.len()
+        } else {
+            forgotten
+        })
+    }
+
     /// The 428 mode's retry: an approved, not held challenge of the same `agent` for the same
     /// `digest`, before its expiry, becomes [`State::Redeemed`] (stored durably) exactly once.
     pub fn redeem(
@@ -715,6 +747,13 @@ impl Inner {
         }
         out
     }
+}
+
+/// When a challenge stopped mattering: the latest of its decision, redemption and expiry.
+fn settled_ms(c: &Challenge) -> i64 {
+    c.expires_ms
+        .max(c.decided_ms.unwrap_or(c.created_ms))
+        .max(c.redeemed_ms.unwrap_or(c.created_ms))
 }
 
 fn new_id() -> Result<String, HoldError> {

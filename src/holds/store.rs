@@ -130,6 +130,37 @@ impl Backing {
     pub(super) fn is_durable(&self) -> bool {
         matches!(self, Backing::Sled(_))
     }
+
+    /// Removes every stored challenge for which `expired(challenge)` holds, unless it changed
+    /// since it was read (compare-and-swap on the stored bytes). Records that cannot be decoded
+    /// are left alone. Returns the ids removed. Not synced: a removal lost in a crash is made
+    /// again by the next call.
+    pub(super) fn remove_where(
+        &self,
+        expired: impl Fn(&Challenge) -> bool,
+    ) -> Result<Vec<String>, HoldError> {
+        let Backing::Sled(s) = self else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        for item in s.tree.iter() {
+            let (k, v) = item.map_err(store_err)?;
+            let Ok(c) = serde_json::from_slice::<Challenge>(&v) else {
+                continue;
+            };
+            if !expired(&c) {
+                continue;
+            }
+            let swapped = s
+                .tree
+                .compare_and_swap(&k, Some(&v), None::<&[u8]>)
+                .map_err(store_err)?;
+            if swapped.is_ok() {
+                removed.push(c.id);
+            }
+        }
+        Ok(removed)
+    }
 }
 
 impl SledStore {
@@ -228,5 +259,123 @@ impl Holds {
             );
         }
         Ok(Holds::with_backing(backing, window, limits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::holds::NewChallenge;
+
+    const WINDOW: Duration = Duration::from_secs(15 * 60);
+    const WINDOW_MS: i64 = 15 * 60 * 1000;
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+    const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
+    const T0: i64 = 1_700_000_000_000;
+
+    fn new(hold: bool) -> NewChallenge {
+        NewChallenge {
+            agent: "coder".into(),
+            actions: Vec::new(),
+            rules: vec!["r".into()],
+            reasons: vec!["why".into()],
+            digest: "d".into(),
+            hold,
+        }
+    }
+
+    fn temp_dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!(
+            "agentgate-holds-retention-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// One challenge in each state a retention pass sees: pending (never touched, so pending
+    /// even after its window), denied early, approved in 428 mode and never redeemed,
+    /// redeemed, expired (by an approval that came too late).
+    fn populate(h: &Holds) -> [String; 5] {
+        let ids: Vec<String> = (0..5)
+            .map(|_| h.create(new(false), T0).unwrap().0.id)
+            .collect();
+        h.deny(&ids[1], "alice", Some("no".into()), T0 + 1).unwrap();
+        h.approve(&ids[2], "alice", None, T0 + 2).unwrap();
+        h.approve(&ids[3], "alice", None, T0 + 3).unwrap();
+        h.redeem(&ids[3], "coder", "d", T0 + 4).unwrap();
+        assert_eq!(
+            h.approve(&ids[4], "alice", None, T0 + WINDOW_MS),
+            Err(HoldError::AlreadyDecided {
+                state: State::Expired
+            })
+        );
+        [
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[2].clone(),
+            ids[3].clone(),
+            ids[4].clone(),
+        ]
+    }
+
+    #[test]
+    fn decided_challenges_past_the_retention_are_removed_and_pending_ones_kept() {
+        let dir = temp_dir();
+        let db = crate::store::open_unshared(&dir).unwrap();
+        let h = Holds::open(&db, &dir, WINDOW, HoldLimits::default(), T0).unwrap();
+        let [pending, denied, approved, redeemed, expired] = populate(&h);
+        // Everything was settled by the end of the window at the latest: nothing is a week
+        // past that yet.
+        assert_eq!(h.prune(T0 + WINDOW_MS + WEEK_MS - 1, WEEK).unwrap(), 0);
+        for id in [&denied, &approved, &redeemed, &expired] {
+            assert!(h.get(id).is_some(), "{id} removed too early");
+        }
+        // A week after the window closed, every decided challenge goes; the pending one stays.
+        assert_eq!(h.prune(T0 + WINDOW_MS + WEEK_MS, WEEK).unwrap(), 4);
+        for id in [&denied, &approved, &redeemed, &expired] {
+            assert_eq!(h.get(id), None, "{id} kept past the retention");
+        }
+        let listed = |h: &Holds| -> Vec<(String, State)> {
+            h.list(None).into_iter().map(|c| (c.id, c.state)).collect()
+        };
+        assert_eq!(listed(&h), [(pending.clone(), State::Pending)]);
+        assert_eq!(h.prune(T0 + 100 * WEEK_MS, WEEK).unwrap(), 0);
+        assert_eq!(h.pending("coder"), (1, 1));
+        drop(h);
+        drop(db);
+        // Gone from the store, not only from memory: a restart does not bring them back (and
+        // marks the pending one interrupted, which a later pass removes in its turn).
+        let db = crate::store::open_unshared(&dir).unwrap();
+        let h = Holds::open(&db, &dir, WINDOW, HoldLimits::default(), T0 + 10).unwrap();
+        assert_eq!(listed(&h), [(pending, State::Interrupted)]);
+        assert_eq!(h.prune(T0 + WINDOW_MS + WEEK_MS, WEEK).unwrap(), 1);
+        assert!(h.list(None).is_empty());
+        drop(h);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_approval_stays_redeemable_for_its_window_whatever_the_retention() {
+        let h = Holds::in_memory(WINDOW, HoldLimits::default());
+        let (a, _) = h.create(new(false), T0).unwrap();
+        h.approve(&a.id, "alice", None, T0 + 1).unwrap();
+        // A retention shorter than the window removes nothing before the window closes.
+        assert_eq!(h.prune(T0 + 60_000, Duration::from_secs(1)).unwrap(), 0);
+        assert_eq!(
+            h.redeem(&a.id, "coder", "d", T0 + 60_001).unwrap().state,
+            State::Redeemed
+        );
+        assert_eq!(
+            h.prune(T0 + WINDOW_MS + 1_000, Duration::from_secs(1))
+                .unwrap(),
+            1
+        );
+        assert_eq!(h.get(&a.id), None);
     }
 }
