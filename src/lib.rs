@@ -17,6 +17,7 @@
 //! - [`metrics`]: the counters and histograms served at `/metrics`.
 //! - [`store`]: the data directory's sled database, opened once per process.
 //! - [`audit_cli`]: `agentgate audit export|verify`, from the store or the running gate's API.
+//! - [`challenges_cli`]: `agentgate challenges|approve|deny`, through the running gate's API.
 //! - [`audit`]: the tamper-evident audit log: redacted records, hash chain, group-committed
 //!   sled store, retention, export and verify.
 //! - [`holds`]: step-up challenges: exactly-one resolution, bounds, deadlines, sled-stored.
@@ -31,6 +32,7 @@ pub mod agents;
 pub mod app;
 pub mod audit;
 pub mod audit_cli;
+pub mod challenges_cli;
 pub mod classify;
 pub mod config;
 pub mod counters;

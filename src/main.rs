@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentgate::config::Config;
-use agentgate::{agent_env, app, tls};
+use agentgate::{agent_env, app, challenges_cli, tls};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -60,7 +60,51 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// List the running gate's step-up challenges (pending ones unless --state says otherwise).
+    #[command(after_help = REVIEW_HELP)]
+    Challenges {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Which challenges: a state, or `all`.
+        #[arg(long, default_value = "pending", value_parser = [
+            "pending", "approved", "denied", "expired", "abandoned", "interrupted", "redeemed", "all",
+        ])]
+        state: String,
+        /// Print a JSON array of the challenges (as the API gives them) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held request: the gate decides it again with the approval and forwards it.
+    #[command(after_help = REVIEW_HELP)]
+    Approve {
+        /// The challenge id (`chl_...`, from `agentgate challenges`).
+        id: String,
+        /// Why; stored with the decision in the audit log.
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Deny a held request: the agent gets 403 with the note.
+    #[command(after_help = REVIEW_HELP)]
+    Deny {
+        /// The challenge id (`chl_...`, from `agentgate challenges`).
+        id: String,
+        /// Why; the agent sees it, and it is stored in the audit log.
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
+
+/// How the reviewer commands reach the gate, and their exit codes.
+const REVIEW_HELP: &str = "\
+The command talks to the running gate's dashboard (dashboard.listen of the config) with the
+reviewer token from AGENTGATE_REVIEWER_TOKEN, else from reviewer.token in the data directory.
+
+Exit codes: 0 done; 1 other error; 2 usage; 3 no gate answers at dashboard.listen;
+4 no reviewer token, or the gate refused it; 5 no such challenge; 6 already decided.";
 
 #[derive(Subcommand)]
 enum AuditCommand {
@@ -155,11 +199,69 @@ fn main() -> ExitCode {
         .init();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure { code, message }) => {
             eprintln!("agentgate: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
+}
+
+/// A command's error message and exit code (1 unless the command has its own codes).
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<challenges_cli::CliError> for Failure {
+    fn from(e: challenges_cli::CliError) -> Failure {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `agentgate challenges`, `approve`, `deny`: through the running gate's API.
+fn review(config: Option<PathBuf>, review: Review) -> Result<(), Failure> {
+    let target = challenges_cli::Target::load(config.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let text = runtime.block_on(async {
+        match review {
+            Review::List { state, json } => {
+                let state =
+                    match state.as_str() {
+                        "all" => None,
+                        s => Some(agentgate::holds::State::parse(s).ok_or_else(|| {
+                            challenges_cli::CliError::Other(format!("no state {s}"))
+                        })?),
+                    };
+                challenges_cli::list(&target, state, json, agentgate::decider::now_ms()).await
+            }
+            Review::Decide { id, verdict, note } => {
+                challenges_cli::decide(&target, &id, verdict, note.as_deref()).await
+            }
+        }
+    })?;
+    out(&text);
+    Ok(())
+}
+
+enum Review {
+    List {
+        state: String,
+        json: bool,
+    },
+    Decide {
+        id: String,
+        verdict: challenges_cli::Verdict,
+        note: Option<String>,
+    },
 }
 
 fn policy(command: PolicyCommand) -> Result<(), String> {
@@ -198,8 +300,29 @@ fn out(text: &str) {
     let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }
 
-fn dispatch(command: Command) -> Result<(), String> {
+fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Challenges {
+            config,
+            state,
+            json,
+        } => review(config, Review::List { state, json }),
+        Command::Approve { id, note, config } => review(
+            config,
+            Review::Decide {
+                id,
+                verdict: challenges_cli::Verdict::Approve,
+                note,
+            },
+        ),
+        Command::Deny { id, note, config } => review(
+            config,
+            Review::Decide {
+                id,
+                verdict: challenges_cli::Verdict::Deny,
+                note,
+            },
+        ),
         Command::Run { config } => {
             let config = load(config)?;
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -210,7 +333,7 @@ fn dispatch(command: Command) -> Result<(), String> {
             };
             runtime
                 .block_on(app::run(&config, shutdown))
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string().into())
         }
         Command::Ca { command } => match command {
             CaCommand::Init { dir, config } => {
@@ -230,7 +353,7 @@ fn dispatch(command: Command) -> Result<(), String> {
                 Ok(())
             }
         },
-        Command::Policy { command } => policy(command),
+        Command::Policy { command } => Ok(policy(command)?),
         Command::Audit { command } => {
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             match command {
@@ -251,7 +374,11 @@ fn dispatch(command: Command) -> Result<(), String> {
                         decision,
                     };
                     let mut stdout = std::io::stdout().lock();
-                    runtime.block_on(agentgate::audit_cli::export(&config, &args, &mut stdout))
+                    Ok(runtime.block_on(agentgate::audit_cli::export(
+                        &config,
+                        &args,
+                        &mut stdout,
+                    ))?)
                 }
                 AuditCommand::Verify { config } => {
                     let config = load(config)?;
