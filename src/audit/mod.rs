@@ -115,7 +115,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use commit::{Committer, Health, Waiter, lock};
 pub use export::{Broken, Export, Filter, VerifyReport, verify};
@@ -125,6 +125,9 @@ pub use record::{
 };
 pub use redact::{REDACTED, is_secret_key, redact_str};
 pub use store::{Scan, Sink, SledSink};
+
+/// How many durable-decision notices [`Audit::subscribe`] buffers per subscriber.
+pub const DURABLE_FEED: usize = 4096;
 
 /// How many of the newest records opening a log checks.
 pub const TAIL_CHECK: u64 = 64;
@@ -239,6 +242,8 @@ pub struct Audit {
     /// Pruning and whole-chain walks do not overlap.
     walk: Mutex<()>,
     committer: Committer,
+    /// Sequence numbers of decision records, sent once each is durable ([`Audit::subscribe`]).
+    durable: broadcast::Sender<u64>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -272,6 +277,7 @@ impl Audit {
             bytes: AtomicU64::new(bytes),
             walk: Mutex::new(()),
             committer,
+            durable: broadcast::channel(DURABLE_FEED).0,
         })
     }
 
@@ -283,10 +289,20 @@ impl Audit {
         let (tx, rx) = oneshot::channel();
         let seq = self.append(&json, Some(tx))?;
         match rx.await {
-            Ok(Ok(())) => Ok(seq),
+            Ok(Ok(())) => {
+                let _ = self.durable.send(seq);
+                Ok(seq)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AuditError::Closed),
         }
+    }
+
+    /// The sequence numbers of decision records from now on, each sent once the record is
+    /// durable (the dashboard's live feed reads the records with [`Audit::after`]). A
+    /// subscriber more than [`DURABLE_FEED`] behind gets `Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+        self.durable.subscribe()
     }
 
     /// Appends the outcome of the request decided in record `decision_seq`. Not awaited for
