@@ -186,12 +186,15 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         audit: audit.clone(),
         holds: holds.clone(),
     });
-    let dashboard_state = Arc::new(DashboardState {
+    let dashboard_state = Arc::new(DashboardState::new(dashboard::Parts {
         reviewers: Reviewers::load(&config.reviewers, &config.data_dir)?,
         metrics,
         audit,
         holds,
-    });
+        policy: active.clone(),
+        policies_dir: config.policies_dir.clone(),
+        addr: dashboard_addr,
+    }));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let (stop_dash, dash_stopped) = oneshot::channel::<()>();

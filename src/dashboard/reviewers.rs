@@ -44,6 +44,14 @@ impl Reviewers {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
+        self.by_token(token)
+    }
+
+    /// The reviewer whose token is `token` (a browser login's body).
+    pub fn by_token(&self, token: &str) -> Option<String> {
+        if token.trim().is_empty() {
+            return None;
+        }
         let presented = agents::sha256(token.trim());
         let mut found = None;
         for (name, digest) in &self.list {
