@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -30,9 +31,10 @@ use tokio_tungstenite::tungstenite::protocol::{
 };
 
 use super::DashboardState;
-use super::feed::Since;
+use super::feed::{Feed, Since};
 use super::guard::{Caller, Via};
 use super::reply::{ApiError, Body};
+use super::session::Sessions;
 
 /// Longest a single write to a client may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -112,7 +114,12 @@ pub fn upgrade(
                     Some(config),
                 )
                 .await;
-                serve(ws, &state, start, caller).await;
+                let ctx = Ctx {
+                    feed: &state.feed,
+                    sessions: &state.sessions,
+                    audit_head: state.audit.stats().last_seq,
+                };
+                serve(ws, &ctx, start, caller).await;
             }
             Err(e) => tracing::debug!("dashboard: WebSocket upgrade failed: {e}"),
         }
@@ -128,7 +135,13 @@ pub fn upgrade(
     Ok(resp)
 }
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// What a feed connection reads.
+struct Ctx<'a> {
+    feed: &'a Feed,
+    sessions: &'a Sessions,
+    /// The newest audit record when the client connected (for its hello).
+    audit_head: u64,
+}
 
 /// Why a connection ends.
 enum End {
@@ -138,8 +151,11 @@ enum End {
     Close(CloseCode, &'static str),
 }
 
-async fn serve(mut ws: Ws, state: &DashboardState, start: Start, caller: Caller) {
-    let end = feed(&mut ws, state, start, &caller).await;
+async fn serve<S>(mut ws: WebSocketStream<S>, ctx: &Ctx<'_>, start: Start, caller: Caller)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let end = feed(&mut ws, ctx, start, &caller).await;
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
             code,
@@ -149,22 +165,25 @@ async fn serve(mut ws: Ws, state: &DashboardState, start: Start, caller: Caller)
     }
 }
 
-async fn feed(ws: &mut Ws, state: &DashboardState, start: Start, caller: &Caller) -> End {
-    let feed = &state.feed;
+async fn feed<S>(ws: &mut WebSocketStream<S>, ctx: &Ctx<'_>, start: Start, caller: &Caller) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let feed = ctx.feed;
     let mut head = feed.watch();
     let mut closed = feed.closed();
-    let mut ended = state.sessions.ended();
+    let mut ended = ctx.sessions.ended();
     let session = match &caller.via {
         Via::Session { key, .. } => Some(*key),
         Via::Bearer => None,
     };
-    let alive = || session.is_none_or(|k| state.sessions.alive(&k));
+    let alive = || session.is_none_or(|k| ctx.sessions.alive(&k));
     let now = head.borrow_and_update().to_owned();
     let hello = serde_json::json!({
         "type": "hello",
         "boot": feed.boot(),
         "head": now,
-        "audit_head": state.audit.stats().last_seq,
+        "audit_head": ctx.audit_head,
         "now_ms": crate::decider::now_ms(),
         "reviewer": caller.reviewer,
     });
@@ -189,7 +208,7 @@ async fn feed(ws: &mut Ws, state: &DashboardState, start: Start, caller: &Caller
     ping.reset();
     loop {
         head.borrow_and_update();
-        match catch_up(ws, state, &mut last).await {
+        match catch_up(ws, feed, &mut last).await {
             Ok(()) => {}
             Err(()) => return End::Gone,
         }
@@ -221,8 +240,11 @@ async fn feed(ws: &mut Ws, state: &DashboardState, start: Start, caller: &Caller
 }
 
 /// Sends every event after `last` (or a resync when the ring lost some).
-async fn catch_up(ws: &mut Ws, state: &DashboardState, last: &mut u64) -> Result<(), ()> {
-    match state.feed.since(*last) {
+async fn catch_up<S>(ws: &mut WebSocketStream<S>, feed: &Feed, last: &mut u64) -> Result<(), ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match feed.since(*last) {
         Since::Events(events) => {
             for e in events {
                 send(ws, Message::Text(e.text.clone())).await?;
@@ -237,12 +259,18 @@ async fn catch_up(ws: &mut Ws, state: &DashboardState, last: &mut u64) -> Result
     Ok(())
 }
 
-async fn resync(ws: &mut Ws, head: u64, reason: &str) -> Result<(), ()> {
+async fn resync<S>(ws: &mut WebSocketStream<S>, head: u64, reason: &str) -> Result<(), ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let v = serde_json::json!({"seq": head, "type": "resync", "reason": reason});
     send(ws, Message::text(v.to_string())).await
 }
 
-async fn send(ws: &mut Ws, msg: Message) -> Result<(), ()> {
+async fn send<S>(ws: &mut WebSocketStream<S>, msg: Message) -> Result<(), ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -252,6 +280,113 @@ async fn send(ws: &mut Ws, msg: Message) -> Result<(), ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::feed::RING_EVENTS;
+
+    /// A server feeding `feed` to `start` over an in-memory pipe of `buffer` bytes, and the
+    /// client end.
+    async fn pipe(
+        feed: &Arc<Feed>,
+        start: Start,
+        buffer: usize,
+    ) -> WebSocketStream<tokio::io::DuplexStream> {
+        let (server_io, client_io) = tokio::io::duplex(buffer);
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            let sessions = Sessions::default();
+            let ctx = Ctx {
+                feed: &feed,
+                sessions: &sessions,
+                audit_head: 0,
+            };
+            let caller = Caller {
+                reviewer: "r".into(),
+                via: Via::Bearer,
+            };
+            serve(ws, &ctx, start, caller).await;
+        });
+        WebSocketStream::from_raw_socket(client_io, Role::Client, None).await
+    }
+
+    async fn next(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> serde_json::Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+
+    fn publish(feed: &Feed, n: usize) {
+        let payload = serde_json::Value::from("x".repeat(200)).to_string();
+        for _ in 0..n {
+            feed.publish("test", "data", &payload);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_falls_out_of_the_ring_and_is_told_to_resync() {
+        let feed = Arc::new(Feed::new());
+        let mut client = pipe(&feed, Start::default(), 4096).await;
+        assert_eq!(next(&mut client).await["type"], "hello");
+        // The client stops reading: the server blocks on a full pipe mid-batch...
+        publish(&feed, 100);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...while the ring moves on past everything it has not sent.
+        publish(&feed, 2 * RING_EVENTS);
+        let head = feed.head();
+        let mut seqs = Vec::new();
+        loop {
+            let m = next(&mut client).await;
+            let seq = m["seq"].as_u64().unwrap();
+            if m["type"] == "resync" {
+                assert_eq!(seq, head, "a resync stands for everything up to the head");
+                break;
+            }
+            seqs.push(seq);
+        }
+        assert_eq!(
+            seqs,
+            (1..=100).collect::<Vec<_>>(),
+            "what was sent is contiguous"
+        );
+        // Then live events again, numbered on from the head.
+        publish(&feed, 1);
+        assert_eq!(next(&mut client).await["seq"], head + 1);
+    }
+
+    #[tokio::test]
+    async fn replays_start_after_the_given_seq_or_resync() {
+        let feed = Arc::new(Feed::new());
+        publish(&feed, 10);
+        let boot = feed.boot().to_string();
+        let start = |after, boot: Option<&str>| Start {
+            after: Some(after),
+            boot: boot.map(str::to_string),
+        };
+        let mut c = pipe(&feed, start(7, Some(&boot)), 1 << 20).await;
+        assert_eq!(next(&mut c).await["head"], 10);
+        for want in 8..=10 {
+            assert_eq!(next(&mut c).await["seq"], want);
+        }
+        let mut c = pipe(&feed, start(7, Some("another")), 1 << 20).await;
+        next(&mut c).await;
+        let r = next(&mut c).await;
+        assert_eq!(
+            (r["type"].as_str(), r["seq"].as_u64()),
+            (Some("resync"), Some(10))
+        );
+        publish(&feed, RING_EVENTS);
+        let mut c = pipe(&feed, start(7, Some(&boot)), 1 << 20).await;
+        next(&mut c).await;
+        let r = next(&mut c).await;
+        assert_eq!(r["type"], "resync", "event 8 is no longer in the ring");
+        assert_eq!(r["seq"].as_u64(), Some(feed.head()));
+    }
 
     #[test]
     fn start_parses_after_and_boot() {
