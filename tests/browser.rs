@@ -337,6 +337,36 @@ async fn a_reviewer_approves_a_held_request_in_the_browser() {
             .await,
         json!(0)
     );
+
+    // Decided elsewhere (the CLI, another reviewer): the card goes without a click or a reload.
+    let agent = d.send_mail("Second thoughts", true);
+    b.wait(
+        "the second held request",
+        "return document.querySelectorAll('#queue li.card').length === 1",
+    )
+    .await;
+    let id = d.pending(1).await[0]["id"].as_str().unwrap().to_string();
+    let resp = d
+        .client()
+        .post(d.url(&format!("/api/challenges/{id}/deny")))
+        .bearer_auth(&d.token)
+        .json(&json!({"note": "not now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = agent.await.unwrap();
+    assert_eq!(status, 403);
+    b.wait(
+        "the denied request to leave the queue",
+        "return document.querySelectorAll('#queue li.card').length === 0",
+    )
+    .await;
+    // (Element text as shown: the badge is upper-case.)
+    let first_settled = b.text("#settled-body tr").await;
+    assert!(first_settled.contains("DENIED"), "{first_settled}");
+    assert!(first_settled.contains("not now"), "{first_settled}");
+    assert_eq!(d.gmail.requests().len(), 1, "the denied mail was not sent");
     if let Some(dir) = std::env::var_os("AGENTGATE_SCREENSHOTS") {
         b.wait(
             "the decision in the feed",
