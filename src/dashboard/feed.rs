@@ -285,7 +285,7 @@ async fn decisions(feed: &Feed, audit: &Arc<Audit>, first: u64, rx: &mut broadca
     };
     let span = usize::try_from(hi - lo + 1).unwrap_or(usize::MAX);
     let a = audit.clone();
-    let read = tokio::task::spawn_blocking(move || a.after(lo - 1, span)).await;
+    let read = tokio::task::spawn_blocking(move || a.after(lo.saturating_sub(1), span)).await;
     match read {
         Ok(Ok(records)) => {
             for r in records.iter().filter(|r| seqs.contains(&r.seq)) {
