@@ -26,6 +26,7 @@
   };
   const MAX_DECISIONS = 500;
   const MAX_SETTLED = 50;
+  const MAX_PARAM_ROWS = 40;
 
   // ---- DOM helpers: text only ------------------------------------------------------------
 
@@ -178,6 +179,7 @@
 
   function showLogin(message) {
     $('app-view').hidden = true;
+    $('conn').hidden = true;
     $('tabs').hidden = true;
     $('logout').hidden = true;
     $('who').textContent = '';
@@ -228,6 +230,7 @@
     S.reviewer = session.reviewer;
     $('who').textContent = session.reviewer;
     $('login-view').hidden = true;
+    $('conn').hidden = false;
     $('app-view').hidden = false;
     $('tabs').hidden = false;
     $('logout').hidden = false;
@@ -552,10 +555,26 @@
     } else if (name === 'net.connect') {
       box.appendChild(row('Tunnel to', el('code', null, `${str(a.host)}:${str(p.port)}`)));
     } else {
-      const shown = Object.keys(p).length ? JSON.stringify(p, null, 2) : '{}';
-      box.appendChild(row('Params', el('pre', { class: 'json' }, shown)));
+      // REST, GraphQL and the rest: every param by its name; strings as written.
+      const keys = Object.keys(p).sort();
+      if (!keys.length) box.appendChild(row('Params', el('span', { class: 'muted' }, 'none')));
+      for (const k of keys.slice(0, MAX_PARAM_ROWS)) {
+        box.appendChild(el('div', { class: 'kv' }, el('code', { class: 'k' }, k), el('span', { class: 'v' }, paramValue(p[k]))));
+      }
+      if (keys.length > MAX_PARAM_ROWS) {
+        box.appendChild(el('p', { class: 'muted' }, `${keys.length - MAX_PARAM_ROWS} more under “Everything the gate saw”.`));
+      }
     }
     return box;
+  }
+
+  function paramValue(v) {
+    if (typeof v === 'string') return el('span', { class: 'text-value' }, v);
+    if (Array.isArray(v) && v.every((x) => typeof x === 'string')) {
+      return v.length ? v.map((x) => el('span', { class: 'addr' }, x)) : el('span', { class: 'muted' }, '[]');
+    }
+    if (v !== null && typeof v === 'object') return el('pre', { class: 'json' }, JSON.stringify(v, null, 2));
+    return el('code', null, String(v));
   }
 
   function disableCard(li, c) {
