@@ -45,11 +45,24 @@ fn browser_binaries() -> (PathBuf, PathBuf) {
     }
 }
 
-/// A chromedriver process on a free loopback port, killed when dropped.
+/// A chromedriver process on a free loopback port. It runs in a process group of its own,
+/// with the browsers it starts; dropping the driver kills the whole group, so a failing test
+/// leaves no browser behind.
 struct Driver {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     base: String,
     http: reqwest::Client,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl Driver {
@@ -66,6 +79,7 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
@@ -85,11 +99,7 @@ impl Driver {
             if let Some(r) = ready {
                 let v: Value = r.json().await.unwrap();
                 if v["value"]["ready"] == true {
-                    return Driver {
-                        _child: child,
-                        base,
-                        http,
-                    };
+                    return Driver { child, base, http };
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
