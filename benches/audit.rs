@@ -46,12 +46,12 @@ fn record(agent: &str, i: i64) -> DecisionRecord {
         reason: "issues in acme repos are fine".into(),
         fired: vec![Fired {
             rule: "issues-ok".into(),
-            effect: "allow".into(),
+            effect: "allow",
             shadow: false,
             fired_on_error: false,
             errors: Vec::new(),
             reason: "issues in acme repos are fine".into(),
-            annotations: Vec::new(),
+            annotations: None,
             action: "github.issues.create".into(),
         }],
     };

@@ -458,7 +458,7 @@ fn main() {
     let cases = cases();
     // What the cases exercise: rules that apply, and the decision.
     for (name, a) in &cases {
-        let applicable = eval::applicable(&program, &a.name).count();
+        let applicable = eval::applicable(&program, &a.name).len();
         let d = program.decide_all(std::slice::from_ref(a), AGENT, NOW_MS, &[], &NoCounts);
         eprintln!(
             "{name}: {applicable} rules apply, {} fire; {} by {:?}",

@@ -140,7 +140,7 @@ impl Metrics {
         for f in decision.fired.iter().filter(|f| f.fired_on_error) {
             self.fired_on_error
                 .get_or_create(&RuleLabels {
-                    rule: f.rule.clone(),
+                    rule: f.rule.to_string(),
                 })
                 .inc();
         }
@@ -200,12 +200,12 @@ mod tests {
         let mut d = crate::policy::Decision::blocked("r", "github.repos.delete", "no");
         d.fired.push(crate::policy::Fired {
             rule: "r".into(),
-            effect: "block".into(),
+            effect: "block",
             shadow: false,
             fired_on_error: true,
             errors: vec![],
             reason: "no".into(),
-            annotations: vec![],
+            annotations: None,
             action: "github.repos.delete".into(),
         });
         m.decided(&d);

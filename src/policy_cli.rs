@@ -56,7 +56,7 @@ fn lint(program: &Program) -> Vec<String> {
     program
         .rules
         .iter()
-        .filter(|r| !tested.contains(r.id.as_str()))
+        .filter(|r| !tested.contains(&*r.id))
         .map(|r| {
             format!(
                 "{}: warning: no test expects rule {:?} (add `expect ... by \"{}\"`)",

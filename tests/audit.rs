@@ -76,12 +76,12 @@ fn decided(t: i64, agent: &str, action: &str, effect: Effect) -> DecisionRecord 
         reason: "because".into(),
         fired: vec![Fired {
             rule: "r1".into(),
-            effect: effect.as_str().into(),
+            effect: effect.as_str(),
             shadow: false,
             fired_on_error: false,
             errors: Vec::new(),
             reason: "because".into(),
-            annotations: Vec::new(),
+            annotations: None,
             action: action.into(),
         }],
     };

@@ -228,13 +228,34 @@ fn decide(program: &Program, case: &Case, schema: &Schema) -> Decision {
         (None, Some(many)) => many.iter().map(|a| to_action(a, schema)).collect(),
         (None, None) => Vec::new(),
     };
-    program.decide_all(
-        &actions,
-        case.agent.as_deref().unwrap_or("coder"),
-        ms(case.at.as_deref().unwrap_or(DEFAULT_AT)),
-        &case.approved,
-        &Stated(&case.counts),
-    )
+    let agent = case.agent.as_deref().unwrap_or("coder");
+    let now_ms = ms(case.at.as_deref().unwrap_or(DEFAULT_AT));
+    // `explain` walks every clause of every rule on its own path (with a memo shared by the
+    // rules); it must decide exactly as the decision path does, on every case.
+    for action in &actions {
+        let input = agentgate::policy::Input {
+            action,
+            agent,
+            now_ms,
+            approved: &case.approved,
+            credential: "placeholder",
+        };
+        let counts = Stated(&case.counts);
+        let fast = agentgate::policy::eval::decide(program, &input, &counts);
+        let mut trace = Vec::new();
+        let traced =
+            agentgate::policy::eval::decide_traced(program, &input, &counts, Some(&mut trace));
+        assert_eq!(fast, traced, "{}: the traced path decides differently", case.name);
+        for f in &fast.fired {
+            assert!(
+                trace.iter().any(|t| t.rule == *f.rule && t.fired),
+                "{}: {} fired but its trace says not",
+                case.name,
+                f.rule
+            );
+        }
+    }
+    program.decide_all(&actions, agent, now_ms, &case.approved, &Stated(&case.counts))
 }
 
 fn sorted(v: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -253,7 +274,7 @@ fn mismatches(case: &Case, d: &Decision) -> Vec<String> {
             case.expect
         ));
     }
-    let mut rules = d.rules.clone();
+    let mut rules: Vec<String> = d.rules.iter().map(|r| r.to_string()).collect();
     rules.sort();
     let before = rules.len();
     rules.dedup();
@@ -267,7 +288,7 @@ fn mismatches(case: &Case, d: &Decision) -> Vec<String> {
         d.fired
             .iter()
             .filter(|f| f.fired_on_error)
-            .map(|f| f.rule.clone()),
+            .map(|f| f.rule.to_string()),
     );
     if on_error != sorted(case.on_error.clone()) {
         out.push(format!(
@@ -297,7 +318,7 @@ fn mismatches(case: &Case, d: &Decision) -> Vec<String> {
         }
     }
     if let Some(fired) = &case.fired {
-        let got = sorted(d.fired.iter().filter(|f| !f.shadow).map(|f| f.rule.clone()));
+        let got = sorted(d.fired.iter().filter(|f| !f.shadow).map(|f| f.rule.to_string()));
         if got != sorted(fired.clone()) {
             out.push(format!("fired {got:?} (expected {fired:?})"));
         }
@@ -343,7 +364,7 @@ fn every_case_of_the_corpus_decides_as_expected() {
                     .collect::<Vec<_>>()
             ));
         }
-        fired_anywhere.extend(d.fired.iter().map(|f| f.rule.clone()));
+        fired_anywhere.extend(d.fired.iter().map(|f| f.rule.to_string()));
         for t in &case.covers {
             *tags.entry(t.as_str()).or_default() += 1;
         }
@@ -366,7 +387,7 @@ fn every_case_of_the_corpus_decides_as_expected() {
     let unknown: Vec<&&str> = tags.keys().filter(|t| !REQUIRED_TAGS.contains(t)).collect();
     assert!(unknown.is_empty(), "unknown tags {unknown:?}");
     for r in &program.rules {
-        let fired = fired_anywhere.contains(&r.id);
+        let fired = fired_anywhere.contains(&*r.id);
         let never = NEVER_FIRES.contains(&r.id.as_str());
         assert!(
             fired != never,

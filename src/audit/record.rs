@@ -87,8 +87,8 @@ impl DecisionRecord {
         for f in &decision.fired {
             if f.shadow {
                 shadow.push(ShadowRule {
-                    rule: f.rule.clone(),
-                    effect: f.effect.clone(),
+                    rule: f.rule.to_string(),
+                    effect: f.effect.to_string(),
                 });
             } else if f.effect == effect && decision.rules.contains(&f.rule) {
                 push_new(&mut reasons, &f.reason);
@@ -115,7 +115,7 @@ impl DecisionRecord {
                 })
                 .collect(),
             decision: effect.to_string(),
-            rules: decision.rules.clone(),
+            rules: decision.rules.iter().map(|r| r.to_string()).collect(),
             reasons,
             fired_on_error,
             shadow,
@@ -356,15 +356,15 @@ mod tests {
     use crate::policy::{Effect, Fired};
     use serde_json::json;
 
-    fn fired(rule: &str, effect: &str, shadow: bool, on_error: bool, reason: &str) -> Fired {
+    fn fired(rule: &str, effect: &'static str, shadow: bool, on_error: bool, reason: &str) -> Fired {
         Fired {
             rule: rule.into(),
-            effect: effect.into(),
+            effect,
             shadow,
             fired_on_error: on_error,
             errors: Vec::new(),
             reason: reason.into(),
-            annotations: Vec::new(),
+            annotations: None,
             action: "github.repos.delete".into(),
         }
     }

@@ -93,6 +93,19 @@ pub struct CountSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Template(pub Vec<Piece>);
 
+impl Template {
+    /// A likely length of the rendered text: its own text and 24 bytes per hole.
+    pub fn len_hint(&self) -> usize {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.len(),
+                _ => 24,
+            })
+            .sum()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Piece {
     Text(String),
@@ -106,14 +119,19 @@ pub enum Piece {
 pub struct Clause {
     pub expr: CExpr,
     pub source: String,
+    /// The clause's slot in a decision's memo: clauses that compile to the same expression
+    /// share one, so a condition many rules repeat (`agent in bots`, `method in
+    /// read_methods`) is evaluated once per decision (see [`intern_clauses`]).
+    pub memo: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct CRule {
-    pub id: String,
+    /// Shared with every [`super::Fired`] record of the rule (no copy per decision).
+    pub id: super::eval::SharedStr,
     pub effect: EffectKw,
     pub shadow: bool,
-    pub annotations: Vec<(String, String)>,
+    pub annotations: Arc<[(String, String)]>,
     pub patterns: Vec<Pattern>,
     pub when: Vec<Clause>,
     pub unless: Vec<Clause>,
@@ -169,6 +187,10 @@ pub struct Program {
     pub(super) graphql_counts: Vec<usize>,
     pub sources: Vec<Source>,
     pub lists: BTreeMap<String, Value>,
+    /// Distinct clause expressions (the size of a decision's memo).
+    pub(super) memo_slots: usize,
+    /// The most quantifier slots one rule uses.
+    pub(super) max_slots: usize,
 }
 
 /// A timestamp for tests that give none: 2026-01-05T12:00:00Z, a Monday at noon.
@@ -241,6 +263,8 @@ pub fn compile(
     };
     let (index, graphql_rules) = index_rules(&rules, schema);
     let (count_index, graphql_counts) = index_counts(&c.counts, schema);
+    let memo_slots = intern_clauses(&mut rules);
+    let max_slots = rules.iter().map(|r| r.slots).max().unwrap_or(0);
     Ok(Program {
         rules,
         default,
@@ -252,7 +276,131 @@ pub fn compile(
         graphql_counts,
         sources: sources.to_vec(),
         lists: c.lists,
+        memo_slots,
+        max_slots,
     })
+}
+
+/// Numbers the rules' clauses by what they compute: two clauses get the same memo slot
+/// exactly when their compiled expressions are the same (same operators, operands, constants,
+/// lists, patterns and zones), so within one decision the second is the first's value. A
+/// top-level clause reads only the request, the clock and the counters, all fixed for the
+/// decision, never a quantifier variable from outside itself. Returns the number of slots.
+fn intern_clauses(rules: &mut [CRule]) -> usize {
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut key = String::new();
+    for r in rules.iter_mut() {
+        let clauses = r.when.iter_mut().chain(r.unless.iter_mut()).chain(r.exempt.as_mut());
+        for c in clauses {
+            key.clear();
+            expr_key(&c.expr, &mut key);
+            let next = ids.len();
+            c.memo = *ids.entry(key.clone()).or_insert(next);
+        }
+    }
+    ids.len()
+}
+
+/// Writes a canonical text of `e`: equal texts mean equal behaviour (set elements sorted,
+/// strings quoted with escapes, every field that changes a result included).
+fn expr_key(e: &CExpr, out: &mut String) {
+    use std::fmt::Write as _;
+    let list = |out: &mut String, tag: &str, parts: &[CExpr]| {
+        out.push_str(tag);
+        out.push('(');
+        for p in parts {
+            expr_key(p, out);
+            out.push(',');
+        }
+        out.push(')');
+    };
+    // Writing to a String cannot fail.
+    match e {
+        CExpr::Or(parts) => list(out, "or", parts),
+        CExpr::And(parts) => list(out, "and", parts),
+        CExpr::Coalesce(parts) => list(out, "coalesce", parts),
+        CExpr::Not(inner) => {
+            out.push_str("not(");
+            expr_key(inner, out);
+            out.push(')');
+        }
+        CExpr::Cmp(op, l, r) => {
+            let _ = write!(out, "cmp:{op:?}(");
+            expr_key(l, out);
+            out.push(',');
+            expr_key(r, out);
+            out.push(')');
+        }
+        CExpr::InStrs {
+            subject,
+            set,
+            negate,
+        } => {
+            let mut items: Vec<&String> = set.iter().collect();
+            items.sort();
+            let _ = write!(out, "in:{negate}:{items:?}(");
+            expr_key(subject, out);
+            out.push(')');
+        }
+        CExpr::Under(subject, domains) => {
+            let _ = write!(out, "under:{domains:?}(");
+            expr_key(subject, out);
+            out.push(')');
+        }
+        CExpr::Regex(subject, re) => {
+            let _ = write!(out, "re:{:?}(", re.as_str());
+            expr_key(subject, out);
+            out.push(')');
+        }
+        CExpr::Within {
+            subject,
+            weekdays,
+            start,
+            end,
+            zone,
+        } => {
+            let _ = write!(
+                out,
+                "within:{weekdays}:{start}:{end}:{:?}(",
+                zone.iana_name()
+                    .map_or_else(|| format!("{zone:?}"), str::to_string)
+            );
+            expr_key(subject, out);
+            out.push(')');
+        }
+        CExpr::Call(func, arg) => {
+            let _ = write!(out, "call:{func:?}(");
+            expr_key(arg, out);
+            out.push(')');
+        }
+        CExpr::Quant {
+            all,
+            slot,
+            list,
+            body,
+        } => {
+            let _ = write!(out, "quant:{all}:{slot}(");
+            expr_key(list, out);
+            out.push(',');
+            expr_key(body, out);
+            out.push(')');
+        }
+        CExpr::Count { spec, window_ms } => {
+            let _ = write!(out, "count:{spec}:{window_ms}");
+        }
+        CExpr::Const(v) => {
+            let _ = write!(out, "const:{v}");
+        }
+        CExpr::Builtin(b) => {
+            let _ = write!(out, "builtin:{b:?}");
+        }
+        CExpr::Param(path) => {
+            let _ = write!(out, "param:{path:?}");
+        }
+        CExpr::Var(slot, path) => {
+            let _ = write!(out, "var:{slot}:{path:?}");
+        }
+    }
 }
 
 /// Which catalog actions each rule applies to; and the rules that may apply to a GraphQL
@@ -304,7 +452,7 @@ fn index_rules(rules: &[CRule], schema: &Schema) -> (HashMap<String, Vec<usize>>
 /// The order rules are evaluated in: by id, never by file. A decision's step budget is shared
 /// by its rules, and which rule runs out of it must not depend on how the set is split.
 fn by_id(rules: &[CRule], a: usize, b: usize) -> std::cmp::Ordering {
-    let id = |i: usize| rules.get(i).map(|r| r.id.as_str());
+    let id = |i: usize| rules.get(i).map(|r| &*r.id);
     id(a).cmp(&id(b))
 }
 
@@ -624,10 +772,10 @@ impl<'a> Checker<'a> {
             annotations.push((k.value.clone(), v.value.clone()));
         }
         Some(CRule {
-            id: r.id.value.clone(),
+            id: r.id.value.as_str().into(),
             effect: r.effect,
             shadow: r.shadow,
-            annotations,
+            annotations: Arc::from(annotations),
             patterns,
             when,
             unless,
@@ -651,6 +799,7 @@ impl<'a> Checker<'a> {
         Some(Clause {
             expr,
             source: self.snippet(e.span),
+            memo: 0,
         })
     }
 

@@ -8,12 +8,13 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::ast::{CmpOp, EffectKw, Func};
-use super::check::{Builtin, CExpr, CRule, Piece, Program, Template};
+use super::check::{Builtin, CExpr, CRule, Clause, Piece, Program, Template};
 use crate::actions::Action;
 
 /// Most expression steps one decision may take.
@@ -31,6 +32,15 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// How a shadow rule with this effect is reported: `would_allow` and so on.
+    pub fn shadow_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "would_allow",
+            Effect::StepUp => "would_step_up",
+            Effect::Block => "would_block",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Effect::Allow => "allow",
@@ -78,12 +88,97 @@ pub struct Input<'a> {
     pub credential: &'a str,
 }
 
-/// A rule that fired.
+/// A text shared by reference count (a rule id, an action name): copying one into a
+/// decision does not allocate. Compares, prints and serialises as the string it holds.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedStr(Arc<str>);
+
+impl SharedStr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> SharedStr {
+        SharedStr(Arc::from(s))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> SharedStr {
+        SharedStr(Arc::from(s))
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<SharedStr> for String {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for &str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl std::fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A rule that fired. Its texts are shared with the program and the decision: recording one
+/// does not allocate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fired {
-    pub rule: String,
+    pub rule: SharedStr,
     /// `allow`, `step_up`, `block`, or for a shadow rule `would_allow` and so on.
-    pub effect: String,
+    pub effect: &'static str,
     pub shadow: bool,
     /// The rule fired because a condition could not be evaluated (policy-language.md 4).
     pub fired_on_error: bool,
@@ -92,10 +187,12 @@ pub struct Fired {
     /// The rule's reason, rendered for the rules of the winning effect (empty for the others).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub annotations: Vec<(String, String)>,
-    pub action: String,
+    /// The rule's annotations (`@owner("..")`), `None` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Arc<[(String, String)]>>,
+    pub action: SharedStr,
 }
+
 
 /// A decision, with the rules that caused it and every rule that fired.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,7 +201,7 @@ pub struct Decision {
     /// The action the decision is about (the first with the winning effect).
     pub action: String,
     /// Ids of the enforcing rules that fired with the winning effect (`default` when none).
-    pub rules: Vec<String>,
+    pub rules: Vec<SharedStr>,
     /// Their reasons, joined with "; ".
     pub reason: String,
     /// Every rule that fired, enforcing and shadow, for every action.
@@ -117,7 +214,7 @@ impl Decision {
         Decision {
             effect: Effect::Block,
             action: action.to_string(),
-            rules: vec![rule.to_string()],
+            rules: vec![SharedStr::from(rule)],
             reason: reason.into(),
             fired: Vec::new(),
         }
@@ -213,101 +310,91 @@ pub fn decide_traced(
         counts,
         approved: &approved,
         steps: Cell::new(0),
-        slots: RefCell::new(Vec::new()),
+        slots: RefCell::new(vec![None; program.max_slots]),
+        memo: vec![Cell::new(UNSEEN); program.memo_slots],
+        unknowns: RefCell::new(Vec::new()),
     };
-    let mut approved_fired: Vec<String> = Vec::new();
-    let mut enforcing: Vec<(usize, Fired)> = Vec::new();
-    let mut shadow: Vec<(usize, Fired)> = Vec::new();
-    for i in applicable(program, &input.action.name) {
+    let mut approved_fired: Vec<SharedStr> = Vec::new();
+    // Rules come from the index in id order (see `check::index_rules`), so these lists are
+    // sorted by id as they are built: neither file order nor file splitting changes a
+    // decision's text.
+    let mut enforcing: Vec<Hit<'_>> = Vec::new();
+    let mut shadow: Vec<Hit<'_>> = Vec::new();
+    for &i in applicable(program, &input.action.name).iter() {
         let Some(rule) = program.rules.get(i) else {
             continue;
         };
-        let out = ev.rule(rule, trace.is_some());
-        let is_approved =
-            rule.effect == EffectKw::StepUp && out.fires && input.approved.contains(&rule.id);
-        if let Some(t) = trace.as_deref_mut() {
-            t.push(RuleTrace {
-                rule: rule.id.clone(),
-                effect: rule.effect.into(),
-                shadow: rule.shadow,
-                location: rule.location.clone(),
-                fired: out.fires && !is_approved,
-                fired_on_error: out.on_error,
-                approved: is_approved,
-                clauses: out.clauses,
-            });
-        }
-        if is_approved && !rule.shadow {
-            approved_fired.push(rule.id.clone());
-        }
-        if !out.fires || is_approved {
+        let (fires, on_error, errors) = match trace.as_deref_mut() {
+            None => {
+                let out = ev.rule_fast(rule);
+                // Messages only for a rule that fires on an error (rare): nothing to build
+                // otherwise.
+                let errors = if out.fires && !out.errors.is_empty() {
+                    out.errors.iter().map(|c| ev.why(*c).message()).collect()
+                } else {
+                    Vec::new()
+                };
+                (out.fires, out.on_error, errors)
+            }
+            Some(t) => {
+                let out = ev.rule(rule);
+                let is_approved = approves(input, rule, out.fires);
+                t.push(RuleTrace {
+                    rule: rule.id.to_string(),
+                    effect: rule.effect.into(),
+                    shadow: rule.shadow,
+                    location: rule.location.clone(),
+                    fired: out.fires && !is_approved,
+                    fired_on_error: out.on_error,
+                    approved: is_approved,
+                    clauses: out.clauses,
+                });
+                let errors = out.errors.iter().map(Why::message).collect();
+                (out.fires, out.on_error, errors)
+            }
+        };
+        if !fires {
             continue;
         }
-        let effect = Effect::from(rule.effect);
-        let fired = Fired {
-            rule: rule.id.clone(),
-            effect: if rule.shadow {
-                format!("would_{}", effect.as_str())
-            } else {
-                effect.as_str().to_string()
-            },
-            shadow: rule.shadow,
-            fired_on_error: out.on_error,
-            errors: out.errors.iter().map(Why::message).collect(),
-            // Rendered below for the rules of the winning effect only: the others' reasons
-            // are not shown, and rendering is most of a fired rule's cost.
-            reason: String::new(),
-            annotations: rule.annotations.clone(),
-            action: input.action.name.clone(),
+        if approves(input, rule, fires) {
+            if !rule.shadow {
+                approved_fired.push(rule.id.clone());
+            }
+            continue;
+        }
+        let hit = Hit {
+            rule,
+            on_error,
+            errors,
         };
         if rule.shadow {
-            shadow.push((i, fired));
+            shadow.push(hit);
         } else {
-            enforcing.push((i, fired));
+            enforcing.push(hit);
         }
     }
-    let winner = enforcing
-        .iter()
-        .map(|(i, _)| {
-            program
-                .rules
-                .get(*i)
-                .map_or(Effect::Block, |r| r.effect.into())
-        })
-        .max();
-    // Rules sorted by id: neither file order nor file splitting changes a decision's text.
-    enforcing.sort_by(|a, b| a.1.rule.cmp(&b.1.rule));
-    shadow.sort_by(|a, b| a.1.rule.cmp(&b.1.rule));
+    debug_assert!(enforcing.is_sorted_by(|a, b| a.rule.id <= b.rule.id));
+    debug_assert!(shadow.is_sorted_by(|a, b| a.rule.id <= b.rule.id));
+    let winner = enforcing.iter().map(|h| Effect::from(h.rule.effect)).max();
+    // The winners' reasons, rendered once: each into the decision's reason and its record.
+    let mut reasons: Vec<String> = Vec::new();
     let (effect, rules, reason) = match winner {
         Some(effect) => {
-            for (i, f) in enforcing.iter_mut() {
-                if let Some(r) = program
-                    .rules
-                    .get(*i)
-                    .filter(|r| Effect::from(r.effect) == effect)
-                {
-                    f.reason = ev.render(&r.reason, Some(&r.id));
+            let mut rules = Vec::new();
+            let mut reason = String::new();
+            for h in enforcing.iter() {
+                if Effect::from(h.rule.effect) != effect {
+                    continue;
                 }
+                let r = ev.render(&h.rule.reason, Some(&h.rule.id));
+                if !rules.is_empty() {
+                    reason.push_str("; ");
+                }
+                reason.push_str(&r);
+                reasons.push(r);
+                rules.push(h.rule.id.clone());
             }
-            let winning: Vec<&Fired> = enforcing
-                .iter()
-                .filter(|(i, _)| {
-                    program
-                        .rules
-                        .get(*i)
-                        .is_some_and(|r| Effect::from(r.effect) == effect)
-                })
-                .map(|(_, f)| f)
-                .collect();
-            (
-                effect,
-                winning.iter().map(|f| f.rule.clone()).collect(),
-                winning
-                    .iter()
-                    .map(|f| f.reason.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
+            (effect, rules, reason)
         }
         // Only approved step-ups would have fired: the reviewer's approval is the allow (the
         // default does not undo it; a block or another step-up that fires still wins).
@@ -318,15 +405,34 @@ pub fn decide_traced(
         }
         None => (
             program.default.effect.into(),
-            vec!["default".to_string()],
+            vec![SharedStr::from("default")],
             ev.render(&program.default.reason, None),
         ),
     };
-    let fired = enforcing
-        .into_iter()
-        .chain(shadow)
-        .map(|(_, f)| f)
-        .collect();
+    // One copy of the action's name, shared by every record.
+    let action = SharedStr::from(input.action.name.as_str());
+    let mut reasons = reasons.into_iter();
+    let mut fired: Vec<Fired> = Vec::with_capacity(enforcing.len() + shadow.len());
+    for h in enforcing.into_iter().chain(shadow) {
+        let r = h.rule;
+        let e = Effect::from(r.effect);
+        let winning = !r.shadow && Some(e) == winner;
+        fired.push(Fired {
+            rule: r.id.clone(),
+            effect: if r.shadow { e.shadow_str() } else { e.as_str() },
+            shadow: r.shadow,
+            fired_on_error: h.on_error,
+            errors: h.errors,
+            // The reasons of the rules of the winning effect; the others' are not shown.
+            reason: if winning {
+                reasons.next().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            annotations: (!r.annotations.is_empty()).then(|| r.annotations.clone()),
+            action: action.clone(),
+        });
+    }
     Decision {
         effect,
         action: input.action.name.clone(),
@@ -336,19 +442,39 @@ pub fn decide_traced(
     }
 }
 
+/// A rule that fired, before its record is built.
+struct Hit<'p> {
+    rule: &'p CRule,
+    on_error: bool,
+    errors: Vec<String>,
+}
+
+/// Whether a reviewer approved `rule`, which `fires`: only step-up rules can be approved.
+fn approves(input: &Input<'_>, rule: &CRule, fires: bool) -> bool {
+    fires
+        && rule.effect == EffectKw::StepUp
+        && input.approved.iter().any(|a| **a == *rule.id)
+}
+
 /// The rules that apply to an action name: from the index, or for a GraphQL mutation outside
 /// the catalog, the rules whose patterns reach that family.
-pub fn applicable<'p>(program: &'p Program, name: &str) -> Box<dyn Iterator<Item = usize> + 'p> {
+pub fn applicable<'p>(program: &'p Program, name: &str) -> Cow<'p, [usize]> {
     if let Some(list) = program.index.get(name) {
-        return Box::new(list.iter().copied());
+        return Cow::Borrowed(list.as_slice());
     }
-    let name = name.to_string();
-    Box::new(program.graphql_rules.iter().copied().filter(move |i| {
+    Cow::Owned(
         program
-            .rules
-            .get(*i)
-            .is_some_and(|r| r.patterns.iter().any(|p| p.matches(&name)))
-    }))
+            .graphql_rules
+            .iter()
+            .copied()
+            .filter(|i| {
+                program
+                    .rules
+                    .get(*i)
+                    .is_some_and(|r| r.patterns.iter().any(|p| p.matches(name)))
+            })
+            .collect(),
+    )
 }
 
 /// The count specs whose pattern matches an action (it counts toward them when admitted).
@@ -372,7 +498,7 @@ pub fn counted_specs(program: &Program, name: &str) -> Vec<usize> {
 /// The count specs the rules applying to an action read.
 pub fn read_specs(program: &Program, name: &str) -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
-    for i in applicable(program, name) {
+    for &i in applicable(program, name).iter() {
         if let Some(r) = program.rules.get(i) {
             for c in &r.counts {
                 if !out.contains(c) {
@@ -385,15 +511,20 @@ pub fn read_specs(program: &Program, name: &str) -> Vec<usize> {
 }
 
 /// The group an action falls in for a count spec (`None` when the grouping param is missing).
-pub fn group_of(program: &Program, spec: usize, action: &Action, agent: &str) -> Option<String> {
+pub fn group_of<'a>(
+    program: &Program,
+    spec: usize,
+    action: &'a Action,
+    agent: &'a str,
+) -> Option<Cow<'a, str>> {
     let spec = program.counts.get(spec)?;
     if spec.by_param.is_empty() {
-        return Some(agent.to_string());
+        return Some(Cow::Borrowed(agent));
     }
     let v = lookup(&action.params, &spec.by_param)?;
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -491,6 +622,13 @@ impl<'a> Tri<'a> {
     }
 }
 
+/// How one rule came out on the untraced path: its errors as memo codes.
+struct Outcome {
+    fires: bool,
+    on_error: bool,
+    errors: Vec<u32>,
+}
+
 struct RuleOutcome<'a> {
     fires: bool,
     on_error: bool,
@@ -505,7 +643,16 @@ struct Ev<'a> {
     approved: &'a Value,
     steps: Cell<u32>,
     slots: RefCell<Vec<Option<&'a Value>>>,
+    /// Each clause slot's value in this decision (see [`Clause::memo`]): [`UNSEEN`], [`TRUE`],
+    /// [`FALSE`], or `UNKNOWN_0 + i` for `unknowns[i]`.
+    memo: Vec<Cell<u32>>,
+    unknowns: RefCell<Vec<Why<'a>>>,
 }
+
+const UNSEEN: u32 = 0;
+const TRUE: u32 = 1;
+const FALSE: u32 = 2;
+const UNKNOWN_0: u32 = 3;
 
 impl<'a> Ev<'a> {
     fn step(&self) -> Result<(), Err<'a>> {
@@ -518,12 +665,57 @@ impl<'a> Ev<'a> {
         }
     }
 
-    fn rule(&self, r: &'a CRule, trace: bool) -> RuleOutcome<'a> {
-        {
-            let mut slots = self.slots.borrow_mut();
-            slots.clear();
-            slots.resize(r.slots, None);
+    /// Whether `r` fires, and on an error: [`Ev::rule`] without the trace, which is every
+    /// decision's path. Clause values come from the decision's memo; a quantifier sets its
+    /// slot before its body reads it, so slots need no reset between rules.
+    fn rule_fast(&self, r: &'a CRule) -> Outcome {
+        // The conditions: false as soon as one `when` is false or one `unless` true;
+        // evaluated in the same order, and as far, as the traced path.
+        let mut errors: Vec<u32> = Vec::new();
+        let mut falsified = false;
+        for c in &r.when {
+            match self.code(c) {
+                TRUE => {}
+                FALSE => {
+                    falsified = true;
+                    break;
+                }
+                u => errors.push(u),
+            }
         }
+        if !falsified {
+            for c in &r.unless {
+                match self.code(c) {
+                    FALSE => {}
+                    TRUE => {
+                        falsified = true;
+                        break;
+                    }
+                    u => errors.push(u),
+                }
+            }
+        }
+        let unknown = !errors.is_empty();
+        let (fires, on_error) = match r.effect {
+            _ if falsified => (false, false),
+            EffectKw::Allow => (!unknown, false),
+            _ => match r.exempt.as_ref().map(|ex| self.code(ex)) {
+                None | Some(FALSE) => (true, unknown),
+                Some(TRUE) => (false, false),
+                Some(u) => {
+                    errors.push(u);
+                    (true, true)
+                }
+            },
+        };
+        Outcome {
+            fires,
+            on_error,
+            errors,
+        }
+    }
+
+    fn rule(&self, r: &'a CRule) -> RuleOutcome<'a> {
         let mut errors = Vec::new();
         let mut clauses = Vec::new();
         let mut cond = Tri::T;
@@ -533,26 +725,24 @@ impl<'a> Ev<'a> {
                 if let Some(Tri::U(e)) = t {
                     errors.push(e.clone());
                 }
-                if trace {
-                    clauses.push(ClauseTrace {
-                        clause: kind,
-                        source: source.to_string(),
-                        value: t.map_or("skipped", Tri::name),
-                        error: match t {
-                            Some(Tri::U(e)) => Some(e.message()),
-                            _ => None,
-                        },
-                    });
-                }
+                clauses.push(ClauseTrace {
+                    clause: kind,
+                    source: source.to_string(),
+                    value: t.map_or("skipped", Tri::name),
+                    error: match t {
+                        Some(Tri::U(e)) => Some(e.message()),
+                        _ => None,
+                    },
+                });
             };
-        // Once the conditions are false the rest is skipped, traced or not, so `explain`
+        // Once the conditions are false the rest is skipped, as `rule_fast` does, so `explain`
         // spends the step budget exactly as the decision does.
         for c in &r.when {
             if cond == Tri::F {
                 record("when", &c.source, None, &mut errors);
                 continue;
             }
-            let t = self.truth(&c.expr);
+            let t = self.clause(c);
             record("when", &c.source, Some(&t), &mut errors);
             cond = and(cond, t);
         }
@@ -561,7 +751,7 @@ impl<'a> Ev<'a> {
                 record("unless", &c.source, None, &mut errors);
                 continue;
             }
-            let t = self.truth(&c.expr);
+            let t = self.clause(c);
             record("unless", &c.source, Some(&t), &mut errors);
             cond = and(cond, t.not());
         }
@@ -573,7 +763,7 @@ impl<'a> Ev<'a> {
                 let mut on_error = matches!(c, Tri::U(_));
                 let mut fires = true;
                 if let Some(ex) = &r.exempt {
-                    let t = self.truth(&ex.expr);
+                    let t = self.clause(ex);
                     record("exempt", &ex.source, Some(&t), &mut errors);
                     match t {
                         Tri::T => fires = false,
@@ -589,6 +779,48 @@ impl<'a> Ev<'a> {
             on_error,
             errors,
             clauses,
+        }
+    }
+
+    /// A top-level clause's value as a memo code ([`TRUE`], [`FALSE`], or `UNKNOWN_0 + i`),
+    /// computed once per decision however many rules repeat it.
+    fn code(&self, c: &'a Clause) -> u32 {
+        let Some(cell) = self.memo.get(c.memo) else {
+            return self.unknown(Why::Text("a clause outside the program's memo".into()));
+        };
+        let seen = cell.get();
+        if seen != UNSEEN {
+            return seen;
+        }
+        let code = match self.truth(&c.expr) {
+            Tri::T => TRUE,
+            Tri::F => FALSE,
+            Tri::U(w) => self.unknown(w),
+        };
+        cell.set(code);
+        code
+    }
+
+    /// Keeps `w` for the decision and returns its code.
+    fn unknown(&self, w: Why<'a>) -> u32 {
+        let mut unknowns = self.unknowns.borrow_mut();
+        unknowns.push(w);
+        UNKNOWN_0.saturating_add(u32::try_from(unknowns.len() - 1).unwrap_or(u32::MAX - 3))
+    }
+
+    /// Why the clause with `code` is unknown.
+    fn why(&self, code: u32) -> Why<'a> {
+        code.checked_sub(UNKNOWN_0)
+            .and_then(|i| self.unknowns.borrow().get(i as usize).cloned())
+            .unwrap_or(Why::NoValue)
+    }
+
+    /// A top-level clause's truth (for the traced path).
+    fn clause(&self, c: &'a Clause) -> Tri<'a> {
+        match self.code(c) {
+            TRUE => Tri::T,
+            FALSE => Tri::F,
+            u => Tri::U(self.why(u)),
         }
     }
 
@@ -872,7 +1104,7 @@ impl<'a> Ev<'a> {
     }
 
     fn render(&self, t: &Template, rule: Option<&str>) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(t.len_hint());
         for p in &t.0 {
             match p {
                 Piece::Text(s) => out.push_str(s),
@@ -900,7 +1132,8 @@ impl<'a> Ev<'a> {
 }
 
 fn push_hole(out: &mut String, s: &str) {
-    if s.chars().count() <= MAX_HOLE_CHARS {
+    // A string of at most MAX_HOLE_CHARS bytes has at most that many characters.
+    if s.len() <= MAX_HOLE_CHARS || s.chars().count() <= MAX_HOLE_CHARS {
         out.push_str(s);
     } else {
         out.extend(s.chars().take(MAX_HOLE_CHARS));

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 
 pub use check::Program;
 pub use error::{LoadError, LoadErrors};
-pub use eval::{Counts, Decision, Effect, Fired, Input, NoCounts};
+pub use eval::{Counts, Decision, Effect, Fired, Input, NoCounts, SharedStr};
 
 use ast::Source;
 use schema::Schema;

@@ -72,7 +72,7 @@ fn run_one(program: &Program, t: &CTest) -> TestResult {
         ));
     }
     if let Some(by) = &t.expect_by {
-        if !decision.rules.iter().any(|r| r == by) {
+        if !decision.rules.iter().any(|r| **r == **by) {
             problems.push(format!("expected rule {by:?} to decide"));
         }
     }

@@ -236,7 +236,7 @@ async fn step_up(
     let new = crate::holds::NewChallenge {
         agent: agent.clone(),
         actions: held.actions.clone(),
-        rules: decision.rules.clone(),
+        rules: decision.rules.iter().map(|r| r.to_string()).collect(),
         reasons: if reasons.is_empty() {
             vec![decision.reason.clone()]
         } else {
