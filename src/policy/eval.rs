@@ -312,15 +312,15 @@ pub fn decide_traced(
         steps: Cell::new(0),
         slots: RefCell::new(vec![None; program.max_slots]),
         memo: vec![Cell::new(UNSEEN); program.memo_slots],
-        unknowns: RefCell::new(Vec::new()),
+        unknowns: RefCell::new(Vec::with_capacity(8)),
     };
     let mut approved_fired: Vec<SharedStr> = Vec::new();
     // Rules come from the index in id order (see `check::index_rules`), so these lists are
     // sorted by id as they are built: neither file order nor file splitting changes a
     // decision's text.
-    let mut enforcing: Vec<Hit<'_>> = Vec::new();
-    let mut shadow: Vec<Hit<'_>> = Vec::new();
-    for &i in applicable(program, &input.action.name).iter() {
+    let applicable = applicable(program, &input.action.name);
+    let mut hits: Vec<Hit<'_>> = Vec::with_capacity(applicable.len());
+    for &i in applicable.iter() {
         let Some(rule) = program.rules.get(i) else {
             continue;
         };
@@ -329,8 +329,8 @@ pub fn decide_traced(
                 let out = ev.rule_fast(rule);
                 // Messages only for a rule that fires on an error (rare): nothing to build
                 // otherwise.
-                let errors = if out.fires && !out.errors.is_empty() {
-                    out.errors.iter().map(|c| ev.why(*c).message()).collect()
+                let errors = if out.fires && out.on_error {
+                    ev.errors(rule)
                 } else {
                     Vec::new()
                 };
@@ -362,30 +362,32 @@ pub fn decide_traced(
             }
             continue;
         }
-        let hit = Hit {
+        hits.push(Hit {
             rule,
             on_error,
             errors,
-        };
-        if rule.shadow {
-            shadow.push(hit);
-        } else {
-            enforcing.push(hit);
-        }
+        });
     }
-    debug_assert!(enforcing.is_sorted_by(|a, b| a.rule.id <= b.rule.id));
-    debug_assert!(shadow.is_sorted_by(|a, b| a.rule.id <= b.rule.id));
-    let winner = enforcing.iter().map(|h| Effect::from(h.rule.effect)).max();
+    debug_assert!(hits.is_sorted_by(|a, b| a.rule.id <= b.rule.id));
+    let winner = hits
+        .iter()
+        .filter(|h| !h.rule.shadow)
+        .map(|h| Effect::from(h.rule.effect))
+        .max();
     // The winners' reasons, rendered once: each into the decision's reason and its record.
     let mut reasons: Vec<String> = Vec::new();
     let (effect, rules, reason) = match winner {
         Some(effect) => {
-            let mut rules = Vec::new();
-            let mut reason = String::new();
-            for h in enforcing.iter() {
-                if Effect::from(h.rule.effect) != effect {
-                    continue;
-                }
+            let winners = || {
+                hits.iter()
+                    .filter(move |h| !h.rule.shadow && Effect::from(h.rule.effect) == effect)
+            };
+            let n = winners().count();
+            let mut rules = Vec::with_capacity(n);
+            reasons.reserve_exact(n);
+            let mut reason =
+                String::with_capacity(winners().map(|h| h.rule.reason.len_hint() + 2).sum());
+            for h in winners() {
                 let r = ev.render(&h.rule.reason, Some(&h.rule.id));
                 if !rules.is_empty() {
                     reason.push_str("; ");
@@ -412,17 +414,40 @@ pub fn decide_traced(
     // One copy of the action's name, shared by every record.
     let action = SharedStr::from(input.action.name.as_str());
     let mut reasons = reasons.into_iter();
-    let mut fired: Vec<Fired> = Vec::with_capacity(enforcing.len() + shadow.len());
-    for h in enforcing.into_iter().chain(shadow) {
+    let mut fired: Vec<Fired> = Vec::with_capacity(hits.len());
+    // Enforcing rules first, then shadow rules, each in id order.
+    for shadows in [false, true] {
+        for h in hits.iter_mut().filter(|h| h.rule.shadow == shadows) {
+            fired.push(ev.record(h, winner, &mut reasons, &action));
+        }
+    }
+    Decision {
+        effect,
+        action: input.action.name.clone(),
+        rules,
+        reason,
+        fired,
+    }
+}
+
+impl<'a> Ev<'a> {
+    /// The record of a rule that fired; `reasons` has the next winning rule's reason.
+    fn record(
+        &self,
+        h: &mut Hit<'_>,
+        winner: Option<Effect>,
+        reasons: &mut std::vec::IntoIter<String>,
+        action: &SharedStr,
+    ) -> Fired {
         let r = h.rule;
         let e = Effect::from(r.effect);
         let winning = !r.shadow && Some(e) == winner;
-        fired.push(Fired {
+        Fired {
             rule: r.id.clone(),
             effect: if r.shadow { e.shadow_str() } else { e.as_str() },
             shadow: r.shadow,
             fired_on_error: h.on_error,
-            errors: h.errors,
+            errors: std::mem::take(&mut h.errors),
             // The reasons of the rules of the winning effect; the others' are not shown.
             reason: if winning {
                 reasons.next().unwrap_or_default()
@@ -431,14 +456,7 @@ pub fn decide_traced(
             },
             annotations: (!r.annotations.is_empty()).then(|| r.annotations.clone()),
             action: action.clone(),
-        });
-    }
-    Decision {
-        effect,
-        action: input.action.name.clone(),
-        rules,
-        reason,
-        fired,
+        }
     }
 }
 
@@ -622,11 +640,10 @@ impl<'a> Tri<'a> {
     }
 }
 
-/// How one rule came out on the untraced path: its errors as memo codes.
+/// How one rule came out on the untraced path.
 struct Outcome {
     fires: bool,
     on_error: bool,
-    errors: Vec<u32>,
 }
 
 struct RuleOutcome<'a> {
@@ -671,7 +688,7 @@ impl<'a> Ev<'a> {
     fn rule_fast(&self, r: &'a CRule) -> Outcome {
         // The conditions: false as soon as one `when` is false or one `unless` true;
         // evaluated in the same order, and as far, as the traced path.
-        let mut errors: Vec<u32> = Vec::new();
+        let mut unknown = false;
         let mut falsified = false;
         for c in &r.when {
             match self.code(c) {
@@ -680,7 +697,7 @@ impl<'a> Ev<'a> {
                     falsified = true;
                     break;
                 }
-                u => errors.push(u),
+                _ => unknown = true,
             }
         }
         if !falsified {
@@ -691,28 +708,33 @@ impl<'a> Ev<'a> {
                         falsified = true;
                         break;
                     }
-                    u => errors.push(u),
+                    _ => unknown = true,
                 }
             }
         }
-        let unknown = !errors.is_empty();
         let (fires, on_error) = match r.effect {
             _ if falsified => (false, false),
             EffectKw::Allow => (!unknown, false),
             _ => match r.exempt.as_ref().map(|ex| self.code(ex)) {
                 None | Some(FALSE) => (true, unknown),
                 Some(TRUE) => (false, false),
-                Some(u) => {
-                    errors.push(u);
-                    (true, true)
-                }
+                Some(_) => (true, true),
             },
         };
-        Outcome {
-            fires,
-            on_error,
-            errors,
-        }
+        Outcome { fires, on_error }
+    }
+
+    /// Why a rule that fired on an error did: the unknown values among its clauses. A rule
+    /// that fires had every clause evaluated (none came out false), so the memo holds them.
+    fn errors(&self, r: &'a CRule) -> Vec<String> {
+        r.when
+            .iter()
+            .chain(&r.unless)
+            .chain(r.exempt.as_ref())
+            .filter_map(|c| self.memo.get(c.memo).map(Cell::get))
+            .filter(|code| *code >= UNKNOWN_0)
+            .map(|code| self.why(code).message())
+            .collect()
     }
 
     fn rule(&self, r: &'a CRule) -> RuleOutcome<'a> {
