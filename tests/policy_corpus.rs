@@ -245,7 +245,11 @@ fn decide(program: &Program, case: &Case, schema: &Schema) -> Decision {
         let mut trace = Vec::new();
         let traced =
             agentgate::policy::eval::decide_traced(program, &input, &counts, Some(&mut trace));
-        assert_eq!(fast, traced, "{}: the traced path decides differently", case.name);
+        assert_eq!(
+            fast, traced,
+            "{}: the traced path decides differently",
+            case.name
+        );
         for f in &fast.fired {
             assert!(
                 trace.iter().any(|t| t.rule == *f.rule && t.fired),
@@ -255,7 +259,13 @@ fn decide(program: &Program, case: &Case, schema: &Schema) -> Decision {
             );
         }
     }
-    program.decide_all(&actions, agent, now_ms, &case.approved, &Stated(&case.counts))
+    program.decide_all(
+        &actions,
+        agent,
+        now_ms,
+        &case.approved,
+        &Stated(&case.counts),
+    )
 }
 
 fn sorted(v: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -318,7 +328,12 @@ fn mismatches(case: &Case, d: &Decision) -> Vec<String> {
         }
     }
     if let Some(fired) = &case.fired {
-        let got = sorted(d.fired.iter().filter(|f| !f.shadow).map(|f| f.rule.to_string()));
+        let got = sorted(
+            d.fired
+                .iter()
+                .filter(|f| !f.shadow)
+                .map(|f| f.rule.to_string()),
+        );
         if got != sorted(fired.clone()) {
             out.push(format!("fired {got:?} (expected {fired:?})"));
         }

@@ -356,7 +356,13 @@ mod tests {
     use crate::policy::{Effect, Fired};
     use serde_json::json;
 
-    fn fired(rule: &str, effect: &'static str, shadow: bool, on_error: bool, reason: &str) -> Fired {
+    fn fired(
+        rule: &str,
+        effect: &'static str,
+        shadow: bool,
+        on_error: bool,
+        reason: &str,
+    ) -> Fired {
         Fired {
             rule: rule.into(),
             effect,

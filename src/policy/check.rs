@@ -290,7 +290,11 @@ fn intern_clauses(rules: &mut [CRule]) -> usize {
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut key = String::new();
     for r in rules.iter_mut() {
-        let clauses = r.when.iter_mut().chain(r.unless.iter_mut()).chain(r.exempt.as_mut());
+        let clauses = r
+            .when
+            .iter_mut()
+            .chain(r.unless.iter_mut())
+            .chain(r.exempt.as_mut());
         for c in clauses {
             key.clear();
             expr_key(&c.expr, &mut key);

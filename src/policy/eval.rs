@@ -193,7 +193,6 @@ pub struct Fired {
     pub action: SharedStr,
 }
 
-
 /// A decision, with the rules that caused it and every rule that fired.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
@@ -469,9 +468,7 @@ struct Hit<'p> {
 
 /// Whether a reviewer approved `rule`, which `fires`: only step-up rules can be approved.
 fn approves(input: &Input<'_>, rule: &CRule, fires: bool) -> bool {
-    fires
-        && rule.effect == EffectKw::StepUp
-        && input.approved.iter().any(|a| **a == *rule.id)
+    fires && rule.effect == EffectKw::StepUp && input.approved.iter().any(|a| **a == *rule.id)
 }
 
 /// The rules that apply to an action name: from the index, or for a GraphQL mutation outside
