@@ -582,9 +582,16 @@ async fn reviewer_calls_through_the_proxy_never_reach_the_dashboard() {
         "127.1",
         "2130706433",
         "0x7f000001",
+        // The unspecified address is the local host; IPv4-mapped IPv6 is IPv4.
+        "0.0.0.0",
+        "0",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        // Linux connects `::` to ::1, where the dashboard does not listen; refused anyway.
+        "[::]",
     ];
-    // Loopback forms the dashboard (bound to 127.0.0.1) does not listen on.
-    let elsewhere = ["[::1]", "[::]"];
+    // A loopback form the dashboard (bound to 127.0.0.1) does not listen on.
+    let elsewhere = ["[::1]"];
     for host in own_names.iter().chain(&elsewhere) {
         let target = format!("{host}:{port}");
         let resp = through

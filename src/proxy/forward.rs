@@ -31,15 +31,38 @@ pub struct Dialer {
     own_addrs: Arc<Vec<SocketAddr>>,
 }
 
-/// Whether `addr` reaches one of the gate's listeners (`own`); a listener on an unspecified
-/// address is taken to be reachable through every loopback address.
+/// Whether `addr` reaches one of the gate's listeners (`own`). Addresses are compared in
+/// their canonical form (`::ffff:127.0.0.1` is 127.0.0.1), and a destination of 0.0.0.0 or
+/// `::` is the local host (Linux connects it to loopback); a listener on an unspecified
+/// address is reachable through every loopback address. The gate's other local addresses
+/// are caught after connecting (see [`is_self_connection`]).
 pub fn is_gate_addr(own: &[SocketAddr], addr: &SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    let local = ip.is_loopback() || ip.is_unspecified();
     own.iter().any(|o| {
+        let oip = o.ip().to_canonical();
         o.port() == addr.port()
-            && (o.ip() == addr.ip()
-                || (o.ip().is_unspecified()
-                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+            && (oip == ip
+                || (ip.is_unspecified() && oip.is_loopback())
+                || (oip.is_unspecified() && local))
     })
+}
+
+/// Whether a connected `stream` ended at one of the gate's own listeners: its peer is on this
+/// host (the kernel gives a connection to a local address that same address as its source)
+/// and on a listener's port. Catches every name and form of a local address, including the
+/// host's own interface addresses when the gate listens on all of them.
+pub fn is_self_connection(own: &[SocketAddr], stream: &TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+        // Cannot tell: refuse.
+        return true;
+    };
+    let peer_ip = peer.ip().to_canonical();
+    let on_this_host = peer_ip == local.ip().to_canonical() || peer_ip.is_loopback();
+    on_this_host
+        && own.iter().any(|o| {
+            o.port() == peer.port() && (o.ip().is_unspecified() || o.ip().to_canonical() == peer_ip)
+        })
 }
 
 impl Dialer {
@@ -95,6 +118,12 @@ impl Dialer {
         );
         for a in resolved {
             match TcpStream::connect(a).await {
+                Ok(s) if is_self_connection(&self.own_addrs, &s) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{addr} reaches the gate's own listener"),
+                    ));
+                }
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
@@ -196,4 +225,56 @@ fn describe_upstream_error(target: &str, e: &(dyn std::error::Error + 'static)) 
         source = err.source();
     }
     format!("the upstream {target} could not be reached or failed: {last}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_form_of_a_local_address_is_the_gate() {
+        let own = [sa("127.0.0.1:8081")];
+        for d in [
+            "127.0.0.1:8081",
+            "0.0.0.0:8081",
+            "[::ffff:127.0.0.1]:8081",
+            "[::ffff:0.0.0.0]:8081",
+            "[::]:8081",
+        ] {
+            assert!(is_gate_addr(&own, &sa(d)), "{d}");
+        }
+        for d in ["127.0.0.1:8082", "10.0.0.1:8081", "[::ffff:10.0.0.1]:8081"] {
+            assert!(!is_gate_addr(&own, &sa(d)), "{d}");
+        }
+        let any = [sa("0.0.0.0:8080")];
+        for d in [
+            "127.0.0.5:8080",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+            "0.0.0.0:8080",
+        ] {
+            assert!(is_gate_addr(&any, &sa(d)), "{d}");
+        }
+        assert!(!is_gate_addr(&any, &sa("192.0.2.1:8080")));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_lands_on_a_listener_of_the_gate_is_caught() {
+        // The gate listening on every address: any local address reaches it.
+        let gate = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let own = [gate.local_addr().unwrap()];
+        let port = own[0].port();
+        let to_gate = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert!(is_self_connection(&own, &to_gate));
+        // Another local service is not the gate.
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to_other = TcpStream::connect(other.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(!is_self_connection(&own, &to_other));
+    }
 }

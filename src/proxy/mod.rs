@@ -73,7 +73,7 @@ impl ProxyState {
                 let ip = own.ip();
                 match target.host.parse::<std::net::IpAddr>() {
                     Ok(t) => {
-                        t == ip || (ip.is_unspecified() && (t.is_loopback() || t.is_unspecified()))
+                        forward::is_gate_addr(&[*own], &std::net::SocketAddr::new(t, target.port))
                     }
                     Err(_) => target.host == "localhost" || target.host.ends_with(".localhost"),
                 }
