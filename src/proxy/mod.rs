@@ -70,7 +70,6 @@ impl ProxyState {
     pub fn is_own_address(&self, target: &Authority) -> bool {
         self.own_addrs.iter().any(|own| {
             own.port() == target.port && {
-                let ip = own.ip();
                 match target.host.parse::<std::net::IpAddr>() {
                     Ok(t) => {
                         forward::is_gate_addr(&[*own], &std::net::SocketAddr::new(t, target.port))
