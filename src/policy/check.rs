@@ -46,7 +46,7 @@ pub enum CExpr {
     /// `x in L` / `x not in L` against a constant list of strings: a hash lookup.
     InStrs {
         subject: Box<CExpr>,
-        set: Arc<std::collections::HashSet<String>>,
+        set: Arc<StrSet>,
         negate: bool,
     },
     /// `d under L` with the (lower-case) domains of L.
@@ -78,6 +78,11 @@ pub enum CExpr {
     /// A quantifier variable (by slot) and a field path under it.
     Var(usize, Vec<String>),
 }
+
+/// A constant set of strings. The values looked up in it come from requests, but the set is
+/// fixed when the policy loads, so a fast unkeyed hash cannot be turned against it (a lookup
+/// probes a table whose layout the request does not choose).
+pub type StrSet = std::collections::HashSet<String, rustc_hash::FxBuildHasher>;
 
 /// What `count` counts: admitted actions matching `pattern`, grouped by `by`.
 #[derive(Debug, Clone)]

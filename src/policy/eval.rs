@@ -312,6 +312,7 @@ pub fn decide_traced(
         slots: RefCell::new(vec![None; program.max_slots]),
         memo: vec![Cell::new(UNSEEN); program.memo_slots],
         unknowns: RefCell::new(Vec::with_capacity(8)),
+        counted: RefCell::new(Vec::new()),
     };
     let mut approved_fired: Vec<SharedStr> = Vec::new();
     // Rules come from the index in id order (see `check::index_rules`), so these lists are
@@ -661,6 +662,8 @@ struct Ev<'a> {
     /// [`FALSE`], or `UNKNOWN_0 + i` for `unknowns[i]`.
     memo: Vec<Cell<u32>>,
     unknowns: RefCell<Vec<Why<'a>>>,
+    /// Counts read in this decision: (spec, window, count).
+    counted: RefCell<Vec<(usize, u64, u64)>>,
 }
 
 const UNSEEN: u32 = 0;
@@ -993,6 +996,16 @@ impl<'a> Ev<'a> {
                 }
             }
             CExpr::Count { spec, window_ms } => {
+                // One lookup per series and window in a decision, however many rules (with
+                // different limits) read it.
+                if let Some(&(_, _, n)) = self
+                    .counted
+                    .borrow()
+                    .iter()
+                    .find(|(s, w, _)| s == spec && w == window_ms)
+                {
+                    return Ok(V::I(i64::try_from(n).unwrap_or(i64::MAX)));
+                }
                 let group = group_of(self.program, *spec, self.input.action, self.input.agent)
                     .ok_or(Err::Missing(Why::Group))?;
                 let key = self
@@ -1003,6 +1016,7 @@ impl<'a> Ev<'a> {
                 let n = self
                     .counts
                     .count(key, &group, *window_ms, self.input.now_ms);
+                self.counted.borrow_mut().push((*spec, *window_ms, n));
                 Ok(V::I(i64::try_from(n).unwrap_or(i64::MAX)))
             }
             CExpr::Const(v) => Ok(V::J(v)),
