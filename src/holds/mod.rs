@@ -157,6 +157,43 @@ pub struct Challenge {
     pub redeemed_ms: Option<i64>,
 }
 
+impl Challenge {
+    /// The audit record of this challenge's settlement, built from the challenge alone, for a
+    /// settlement no request is there to record (interrupted by a restart): its agent,
+    /// actions, rules and reasons, its state as the decision, its reviewer and note, decided
+    /// at `decided_ms`. The request id and the credential are the original `step_up`
+    /// record's, which this record does not repeat (they are empty).
+    pub fn settlement_record(&self) -> crate::audit::DecisionRecord {
+        let first = self.actions.first();
+        let field = |f: fn(&Action) -> &String| first.map(f).cloned().unwrap_or_default();
+        crate::audit::DecisionRecord {
+            time_ms: self.decided_ms.unwrap_or(self.created_ms),
+            agent: self.agent.clone(),
+            request_id: String::new(),
+            host: field(|a| &a.host),
+            method: field(|a| &a.method),
+            path: field(|a| &a.path),
+            actions: self
+                .actions
+                .iter()
+                .map(|a| crate::audit::AuditAction {
+                    name: a.name.clone(),
+                    params: a.params.clone(),
+                })
+                .collect(),
+            decision: self.state.as_str().to_string(),
+            rules: self.rules.clone(),
+            reasons: self.reasons.clone(),
+            fired_on_error: Vec::new(),
+            shadow: Vec::new(),
+            credential: String::new(),
+            challenge_id: Some(self.id.clone()),
+            reviewer: self.reviewer.clone(),
+            note: self.note.clone(),
+        }
+    }
+}
+
 /// Which bound a new challenge would exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -224,6 +261,10 @@ struct Inner {
     index: Mutex<Index>,
     events: Mutex<u64>,
     feed: broadcast::Sender<HoldEvent>,
+    /// Challenges [`Holds::open`] marked interrupted, until [`Holds::take_interrupted`].
+    interrupted: Mutex<Vec<Challenge>>,
+    /// Set by [`Holds::close`]: [`Waiter::settle`] stops waiting.
+    closed: watch::Sender<bool>,
 }
 
 /// Lock order: an entry's lock before the index's, never the reverse; several entry locks
@@ -274,6 +315,8 @@ impl Holds {
                 index: Mutex::new(Index::default()),
                 events: Mutex::new(0),
                 feed,
+                interrupted: Mutex::new(Vec::new()),
+                closed: watch::Sender::new(false),
             }),
         }
     }
@@ -632,6 +675,19 @@ impl Holds {
         (ix.pending, ix.per_agent.get(agent).copied().unwrap_or(0))
     }
 
+    /// The challenges this process's [`Holds::open`] found pending and marked interrupted,
+    /// once (later calls return none): the owner records their settlement in the audit log.
+    pub fn take_interrupted(&self) -> Vec<Challenge> {
+        std::mem::take(&mut *lock(&self.inner.interrupted))
+    }
+
+    /// The gate is stopping: every [`Waiter::settle`] still waiting returns `None` at once,
+    /// leaving its challenge pending in the store (the next start marks it interrupted and
+    /// records that), so that nothing of this instance outlives the gate.
+    pub fn close(&self) {
+        self.inner.closed.send_replace(true);
+    }
+
     /// The feed of created / resolved events, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HoldEvent> {
         self.inner.feed.subscribe()
@@ -756,6 +812,13 @@ fn settled_ms(c: &Challenge) -> i64 {
         .max(c.redeemed_ms.unwrap_or(c.created_ms))
 }
 
+/// Unix milliseconds now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn new_id() -> Result<String, HoldError> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| HoldError::Store(format!("no randomness: {e}")))?;
@@ -776,6 +839,13 @@ pub struct Waiter {
     armed: bool,
 }
 
+/// How [`Waiter::settle`] stopped waiting.
+enum Settled {
+    Decided(Box<Challenge>),
+    Gone,
+    Closed,
+}
+
 impl fmt::Debug for Waiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
@@ -788,6 +858,46 @@ impl fmt::Debug for Waiter {
 impl Waiter {
     /// The challenge once it is no longer pending.
     pub async fn outcome(mut self) -> Challenge {
+        let c = self.wait().await;
+        self.armed = false;
+        c
+    }
+
+    /// The challenge once it is settled, whoever settles it: a decision, the expiry, or, when
+    /// `gone` completes first (the agent went away), abandonment. Abandoning is a transition
+    /// like the others: if a decision won the race, the challenge is returned as that
+    /// decision left it (an approval that came first stays approved; the caller then knows
+    /// the approval found nobody to answer). `gone` is ignored for a 428-mode challenge.
+    ///
+    /// `None` when the holds were [closed](Holds::close) (the gate is stopping) while the
+    /// challenge was pending: it stays pending in the store, and a restart marks it
+    /// interrupted. Unlike [`Waiter::outcome`] and dropping the waiter, dropping this future
+    /// before it is done leaves the challenge pending too. The caller is the one that records
+    /// the settlement, and it is meant to run in a task of its own, not in the agent's
+    /// connection.
+    pub async fn settle(
+        mut self,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Option<Challenge> {
+        let hold = self.armed;
+        self.armed = false;
+        let mut closed = self.holds.closed.subscribe();
+        let how = tokio::select! {
+            c = self.wait() => Settled::Decided(Box::new(c)),
+            () = gone, if hold => Settled::Gone,
+            _ = closed.wait_for(|c| *c) => Settled::Closed,
+        };
+        match how {
+            Settled::Decided(c) => Some(*c),
+            Settled::Gone => Some(self.abandon().await),
+            // Settled just as the gate stopped: recorded like any other settlement.
+            Settled::Closed => {
+                Some(lock(&self.entry.rec).clone()).filter(|c| c.state != State::Pending)
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Challenge {
         loop {
             let sleep = tokio::time::sleep_until(self.deadline);
             let decided = tokio::select! {
@@ -801,7 +911,26 @@ impl Waiter {
             }
             self.expire().await;
         }
-        self.armed = false;
+        lock(&self.entry.rec).clone()
+    }
+
+    /// Marks the challenge abandoned if it is still pending; returns it as settled.
+    async fn abandon(&self) -> Challenge {
+        let holds = self.holds.clone();
+        let entry = self.entry.clone();
+        let run = move || {
+            let to = To {
+                state: State::Abandoned,
+                reviewer: None,
+                note: None,
+                now_ms: now_ms(),
+                strict: false,
+            };
+            let _ = holds.transition_all(vec![(entry.as_ref(), to)]);
+        };
+        if let Err(e) = tokio::task::spawn_blocking(run).await {
+            tracing::error!("holds: abandonment task failed: {e}");
+        }
         lock(&self.entry.rec).clone()
     }
 
@@ -835,14 +964,11 @@ impl Drop for Waiter {
         if !self.armed || *self.rx.borrow() != State::Pending {
             return;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let to = To {
             state: State::Abandoned,
             reviewer: None,
             note: None,
-            now_ms,
+            now_ms: now_ms(),
             strict: false,
         };
         let _ = self.holds.transition_all(vec![(self.entry.as_ref(), to)]);

@@ -339,7 +339,8 @@ impl Files {
 impl Holds {
     /// Opens the holds of `db`, the sled database opened at `dir` (tree [`TREE`]). Challenges
     /// a previous run left pending are marked [`State::Interrupted`] (decided at `now_ms`) and
-    /// stored durably before this returns; they are not kept in memory.
+    /// stored durably before this returns; they are not kept in memory, and
+    /// [`Holds::take_interrupted`] hands them to the owner for the audit log.
     pub fn open(
         db: &sled::Db,
         dir: &Path,
@@ -349,22 +350,25 @@ impl Holds {
     ) -> Result<Holds, HoldError> {
         let backing = Backing::Sled(SledStore::open(db, dir)?);
         let mut last = 0;
-        let mut interrupted = 0usize;
+        let mut interrupted = Vec::new();
         for mut c in backing.scan()? {
             if c.state == State::Pending {
                 c.state = State::Interrupted;
                 c.decided_ms = Some(now_ms);
                 last = backing.put(&c)?;
-                interrupted += 1;
+                interrupted.push(c);
             }
         }
-        if interrupted > 0 {
+        if !interrupted.is_empty() {
             backing.sync(last)?;
             tracing::warn!(
-                "holds: {interrupted} challenge(s) left pending by the last run are now interrupted"
+                "holds: {} challenge(s) left pending by the last run are now interrupted",
+                interrupted.len()
             );
         }
-        Ok(Holds::with_backing(backing, window, limits))
+        let holds = Holds::with_backing(backing, window, limits);
+        *lock(&holds.inner.interrupted) = interrupted;
+        Ok(holds)
     }
 }
 
