@@ -73,6 +73,8 @@ pub struct Gate {
     watcher: JoinHandle<()>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Closed on shutdown: the step-up tasks still waiting end (see [`Holds::close`]).
+    holds: Holds,
 }
 
 impl Gate {
@@ -88,6 +90,7 @@ impl Gate {
         }
         let _ = (&mut self.task).await;
         self.watcher.abort();
+        self.holds.close();
     }
 }
 
@@ -113,6 +116,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     )?;
     let counters = Arc::new(counters);
     let audit = Arc::new(audit);
+    record_interrupted(&audit, &holds).await;
     let decider = Arc::new(Decider::new(active.clone(), counters.clone()));
     let watch = policy_files::watch(
         config.policies_dir.clone(),
@@ -124,6 +128,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
     let pruned_audit = audit.clone();
     let expiring = holds.clone();
     let (retained, retention) = (holds.clone(), config.step_up_retention);
+    let closing = holds.clone();
     let watcher = tokio::spawn(async move {
         tokio::join!(
             watch,
@@ -223,6 +228,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         watcher,
         stop: Some(stop),
         task,
+        holds: closing,
     })
 }
 
@@ -320,6 +326,20 @@ fn open_state(
     )
     .map_err(|e| store(Box::new(e)))?;
     Ok((counters, audit, holds))
+}
+
+/// Records the settlement of the challenges the last run left pending, which opening the
+/// holds marked interrupted (every other settlement is recorded by the proxy's step-up task).
+/// A crash between the two leaves them interrupted without this record.
+async fn record_interrupted(audit: &Audit, holds: &Holds) {
+    for c in holds.take_interrupted() {
+        if let Err(e) = audit.decision(c.settlement_record()).await {
+            tracing::error!(
+                "audit: the interruption of challenge {} was not recorded: {e}",
+                c.id
+            );
+        }
+    }
 }
 
 /// Expires step-up challenges whose window closed (held ones also expire on their own).

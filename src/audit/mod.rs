@@ -11,6 +11,16 @@
 //! - `outcome` ([`OutcomeRecord`]): what became of a decided request: the upstream status,
 //!   the latency, the error. It names its decision by `decision_seq`; records are never
 //!   rewritten, so the outcome is a record of its own.
+//!
+//! A step-up has its `step_up` decision record, then exactly one decision record of each
+//! settlement of its challenge, naming it by `challenge_id`: `approved`, `denied`, `expired`,
+//! `abandoned` (the held agent went away), `interrupted` (pending when the gate stopped;
+//! written at the next start, with no request id or credential), and in the 428 mode
+//! `redeemed` for the retry that used an approval; `block` instead of `approved` or
+//! `redeemed` when the re-check blocks. A request was forwarded if and only if its decision
+//! record has an outcome with a `status`; an approval that found the agent gone has an outcome
+//! with no status and the error `not forwarded: the agent had gone ...` (nothing was sent).
+//! Who writes them: `proxy::pipeline`'s step-up task, outside the agent's connection.
 //! - `checkpoint` ([`Checkpoint`]): written by pruning; see *Retention*.
 //!
 //! # Records and the chain

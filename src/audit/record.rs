@@ -48,8 +48,9 @@ pub struct DecisionRecord {
     /// The request path without the query.
     pub path: String,
     pub actions: Vec<AuditAction>,
-    /// `allow`, `block` or `step_up`, or what the proxy settles a step-up as (`denied`,
-    /// `expired`, ...).
+    /// `allow`, `block` or `step_up`, or how a step-up's challenge was settled (`approved`,
+    /// `denied`, `expired`, `abandoned`, `interrupted`, `redeemed`; see the module doc of
+    /// [`crate::audit`]).
     pub decision: String,
     /// The rules that made the decision.
     pub rules: Vec<String>,

@@ -10,6 +10,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use super::drafts::Drafts;
 use super::respond::{self, REQUEST_ID_HEADER, Refusal, RequestId};
@@ -73,8 +74,8 @@ pub async fn handle(
 }
 
 async fn run(
-    state: &ProxyState,
-    origin: &Origin,
+    state: &Arc<ProxyState>,
+    origin: &Arc<Origin>,
     req: Request<Incoming>,
     rid: &RequestId,
 ) -> Result<Response<RespBody>, Refusal> {
@@ -178,15 +179,76 @@ const HOLD_HEADER: &str = "agentgate-hold";
 /// The header carrying a challenge id: on the agent's retry, and on the approved response.
 const CHALLENGE_HEADER: &str = "agentgate-challenge";
 
+/// The outcome record of an approval that found nobody to answer: nothing was sent upstream.
+const NOT_FORWARDED: &str =
+    "not forwarded: the agent had gone when the approval came (a retry gets a new challenge)";
+
+/// Where a step-up's task sends the agent's answer; closed when the agent went away.
+type Reply = oneshot::Sender<Result<Response<RespBody>, Refusal>>;
+
 /// A step-up: a challenge for a reviewer, and the request held until it is settled (or, with
 /// `agentgate-hold: no`, a 428 now and a retry that passes once approved).
+///
+/// # Who records the settlement
+/// Everything from the challenge's creation (or the retry's redemption) to its audit records
+/// runs in a task of its own, [`settle`]; the agent's connection only waits for the answer.
+/// hyper drops a connection's future when the agent goes away, which used to take the
+/// settlement record with it (and an approval with nobody to forward it for). The task is not
+/// cancelled by that: it records exactly one settlement per challenge, whoever wins the race
+/// and whether or not the agent is still there:
+///
+/// | settled as | recorded by | audit |
+/// |---|---|---|
+/// | approved, agent there | the held request's task | decision `approved` (the re-check: `block` if a block fires now), durable before the forward; outcome with the upstream's status |
+/// | approved, agent gone | the held request's task | decision `approved` with the reviewer; outcome with no status and the error [`NOT_FORWARDED`]; nothing goes upstream |
+/// | denied, expired, abandoned | the held request's task | decision `denied`, `expired` or `abandoned` (reviewer and note for a denial) |
+/// | 428 mode: approved, denied, expired | the 428 request's task, which waits for the settlement after answering | decision `approved`, `denied` or `expired`; nothing goes upstream |
+/// | 428 mode: redeemed | the retry's task | decision `redeemed` (or the re-check's `block`), then as for an approval |
+/// | interrupted (pending when the gate stopped) | `app` at the next start ([`crate::holds::Holds::take_interrupted`]) | decision `interrupted` |
+///
+/// When the gate stops ([`crate::holds::Holds::close`]), tasks whose challenge is still
+/// pending end without a record, leaving it pending for the next start to mark interrupted
+/// and record.
+///
+/// An approval finds the agent gone when its connection closed before the task looked, after
+/// the approval: the request is not forwarded (the agent would never read the answer; it gets
+/// a new challenge when it retries). Once the task has chosen to forward, the forward runs to
+/// its end even if the agent leaves meanwhile, and its outcome is recorded: the upstream
+/// receives the request if and only if the audit has an outcome with the upstream's status.
 async fn step_up(
-    state: &ProxyState,
-    origin: &Origin,
+    state: &Arc<ProxyState>,
+    origin: &Arc<Origin>,
     rid: &RequestId,
     held: Held,
     decision: crate::policy::Decision,
 ) -> Result<Response<RespBody>, Refusal> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(settle(
+        state.clone(),
+        origin.clone(),
+        rid.clone(),
+        held,
+        decision,
+        tx,
+    ));
+    rx.await.unwrap_or_else(|_| {
+        Err(Refusal::Audit(
+            "the step-up task ended without an answer; nothing was forwarded".into(),
+        ))
+    })
+}
+
+/// The step-up's task (see [`step_up`]): creates or redeems the challenge, answers `reply`,
+/// and records the settlement.
+async fn settle(
+    state: Arc<ProxyState>,
+    origin: Arc<Origin>,
+    rid: RequestId,
+    held: Held,
+    decision: crate::policy::Decision,
+    mut reply: Reply,
+) {
+    let (state, origin, rid) = (&*state, &*origin, &rid);
     let agent = origin.agent.name.clone();
     let digest = crate::holds::digest(
         &agent,
@@ -205,25 +267,39 @@ async fn step_up(
     };
     // The retry of a request the agent was not held for.
     if let Some(id) = header(CHALLENGE_HEADER) {
+        if reply.is_closed() {
+            // Gone already: the approval is left for a retry that will read the answer.
+            return;
+        }
         let (holds, a, d) = (state.holds.clone(), agent.clone(), digest.clone());
         let redeemed = tokio::task::spawn_blocking(move || {
             holds.redeem(&id, &a, &d, crate::decider::now_ms())
         })
         .await
-        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")))?;
+        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")));
         match redeemed {
-            Ok(c) => return approved(state, origin, rid, held, c).await,
-            Err(crate::holds::HoldError::NotApproved {
+            Err(refusal) => {
+                let _ = reply.send(Err(refusal));
+                return;
+            }
+            Ok(Ok(c)) => {
+                let gone = reply.is_closed();
+                let result = approved(state, origin, rid, held, &decision, c, gone).await;
+                let _ = reply.send(result);
+                return;
+            }
+            Ok(Err(crate::holds::HoldError::NotApproved {
                 state: crate::holds::State::Pending,
-            }) => {
-                return Err(Refusal::StepUpPending {
+            })) => {
+                let _ = reply.send(Err(Refusal::StepUpPending {
                     decision: Box::new(decision),
                     challenge_id: header(CHALLENGE_HEADER).unwrap_or_default(),
                     expires_at: String::new(),
-                });
+                }));
+                return;
             }
             // Unknown, used, expired, another request: a new challenge below.
-            Err(_) => {}
+            Ok(Err(_)) => {}
         }
     }
     let hold = header(HOLD_HEADER).is_none_or(|v| !v.eq_ignore_ascii_case("no"));
@@ -248,62 +324,142 @@ async fn step_up(
     let holds = state.holds.clone();
     let created = tokio::task::spawn_blocking(move || holds.create(new, crate::decider::now_ms()))
         .await
-        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")))?;
+        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")));
     let (challenge, waiter) = match created {
-        Ok(x) => x,
-        Err(crate::holds::HoldError::TooMany { limit, .. }) => {
-            return Err(Refusal::TooManyHeld(format!(
+        Ok(Ok(x)) => x,
+        Ok(Err(crate::holds::HoldError::TooMany { limit, .. })) => {
+            let _ = reply.send(Err(Refusal::TooManyHeld(format!(
                 "too many requests are waiting for a reviewer (limit {limit}); retry later"
-            )));
+            ))));
+            return;
         }
-        Err(e) => {
-            return Err(Refusal::Audit(format!(
+        Ok(Err(e)) => {
+            let _ = reply.send(Err(Refusal::Audit(format!(
                 "the step-up could not be stored: {e}"
-            )));
+            ))));
+            return;
+        }
+        Err(refusal) => {
+            let _ = reply.send(Err(refusal));
+            return;
         }
     };
     if !hold {
-        drop(waiter);
-        return Err(Refusal::StepUpPending {
-            decision: Box::new(decision),
+        let _ = reply.send(Err(Refusal::StepUpPending {
+            decision: Box::new(decision.clone()),
             challenge_id: challenge.id,
             expires_at: rfc3339(challenge.expires_ms),
-        });
+        }));
+        // The agent has its answer; the challenge's settlement is recorded when it comes. The
+        // body is not kept for that.
+        let Held {
+            actions,
+            credential,
+            ..
+        } = held;
+        let Some(settled) = waiter.settle(std::future::pending()).await else {
+            return; // the gate is stopping: interrupted at the next start
+        };
+        // Approved and already redeemed by a quick retry: this task records the approval,
+        // the retry its redemption.
+        let label = match settled.state {
+            crate::holds::State::Redeemed => crate::holds::State::Approved.as_str(),
+            s => s.as_str(),
+        };
+        let _ = record_settled(
+            state,
+            origin,
+            rid,
+            &actions,
+            credential.as_str(),
+            &decision,
+            &settled,
+            label,
+        )
+        .await;
+        return;
     }
     state.metrics.held_change(1);
-    let settled = waiter.outcome().await;
+    let settled = waiter.settle(reply.closed()).await;
     state.metrics.held_change(-1);
-    if settled.state == crate::holds::State::Approved {
-        return approved(state, origin, rid, held, settled).await;
-    }
-    record_settled(
-        state,
-        origin,
-        rid,
-        &held,
-        &decision,
-        &settled,
-        settled.state.as_str(),
-    )
-    .await?;
-    Err(Refusal::Settled {
-        decision: Box::new(decision),
-        state: settled.state.as_str().to_string(),
-        challenge_id: settled.id,
-        note: settled.note,
-    })
+    let Some(settled) = settled else {
+        let _ = reply.send(Err(Refusal::Audit(
+            "the gate is stopping; nothing was forwarded (the challenge will show as interrupted)"
+                .into(),
+        )));
+        return;
+    };
+    let result = if settled.state == crate::holds::State::Approved {
+        let gone = reply.is_closed();
+        approved(state, origin, rid, held, &decision, settled, gone).await
+    } else {
+        let label = settled.state.as_str();
+        let recorded = record_settled(
+            state,
+            origin,
+            rid,
+            &held.actions,
+            held.credential.as_str(),
+            &decision,
+            &settled,
+            label,
+        )
+        .await;
+        recorded.and(Err(Refusal::Settled {
+            decision: Box::new(decision),
+            state: label.to_string(),
+            challenge_id: settled.id,
+            note: settled.note,
+        }))
+    };
+    let _ = reply.send(result);
 }
 
-/// An approved step-up: decided again with the approved rules (a block that fires now still
-/// blocks), recorded, then forwarded as inspected; the response names the challenge.
+/// An approved (or, in the 428 mode, redeemed) step-up: decided again with the approved rules
+/// (a block that fires now still blocks), recorded, then forwarded as inspected; the response
+/// names the challenge. With the agent `gone`, only recorded: approved by the reviewer, not
+/// forwarded (see [`step_up`]).
 async fn approved(
     state: &ProxyState,
     origin: &Origin,
     rid: &RequestId,
     held: Held,
+    step_up: &crate::policy::Decision,
     challenge: crate::holds::Challenge,
+    gone: bool,
 ) -> Result<Response<RespBody>, Refusal> {
     let agent = origin.agent.name.as_str();
+    let settled_as = challenge.state.as_str();
+    if gone {
+        let seq = record_settled(
+            state,
+            origin,
+            rid,
+            &held.actions,
+            held.credential.as_str(),
+            step_up,
+            &challenge,
+            settled_as,
+        )
+        .await?;
+        let outcome = OutcomeRecord {
+            time_ms: crate::decider::now_ms(),
+            status: None,
+            latency_us: 0,
+            error: Some(NOT_FORWARDED.to_string()),
+        };
+        if let Err(e) = state.audit.outcome(seq, outcome) {
+            state.metrics.audit_write_error();
+            tracing::warn!(request_id = %rid, "audit: the outcome of record {seq} was not written: {e}");
+        }
+        tracing::info!(request_id = %rid, challenge = %challenge.id, "approved, not forwarded: the agent had gone");
+        return Err(Refusal::Settled {
+            decision: Box::new(step_up.clone()),
+            state: settled_as.to_string(),
+            challenge_id: challenge.id,
+            note: challenge.note,
+        });
+    }
     let now = crate::decider::now_ms();
     let decision = state.decider.admit_approved(
         &held.actions,
@@ -314,11 +470,21 @@ async fn approved(
     );
     state.metrics.decided(&decision);
     let label = if decision.effect == Effect::Allow {
-        "approved"
+        settled_as
     } else {
         decision.effect.as_str()
     };
-    let seq = record_settled(state, origin, rid, &held, &decision, &challenge, label).await?;
+    let seq = record_settled(
+        state,
+        origin,
+        rid,
+        &held.actions,
+        held.credential.as_str(),
+        &decision,
+        &challenge,
+        label,
+    )
+    .await?;
     if decision.effect != Effect::Allow {
         return Err(Refusal::Blocked(decision));
     }
@@ -344,11 +510,13 @@ async fn approved(
 }
 
 /// The audit record of how a step-up was settled (with the challenge, reviewer and note).
+#[allow(clippy::too_many_arguments)]
 async fn record_settled(
     state: &ProxyState,
     origin: &Origin,
     rid: &RequestId,
-    held: &Held,
+    actions: &[Action],
+    credential: &str,
     decision: &crate::policy::Decision,
     challenge: &crate::holds::Challenge,
     label: &str,
@@ -357,9 +525,9 @@ async fn record_settled(
         crate::decider::now_ms(),
         &origin.agent.name,
         &rid.to_string(),
-        held.credential.as_str(),
+        credential,
         decision,
-        &held.actions,
+        actions,
     );
     record.decision = label.to_string();
     record.challenge_id = Some(challenge.id.clone());
@@ -367,6 +535,7 @@ async fn record_settled(
     record.note = challenge.note.clone();
     state.audit.decision(record).await.map_err(|e| {
         state.metrics.audit_write_error();
+        tracing::error!(request_id = %rid, challenge = %challenge.id, "audit: the settlement ({label}) was not recorded: {e}");
         Refusal::Audit(format!(
             "the audit log cannot record this request ({e}); nothing was forwarded"
         ))
