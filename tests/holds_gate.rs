@@ -175,7 +175,180 @@ async fn without_holding_the_retry_passes_once_when_approved() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.requests().len(), 1);
     // Used once: the same retry again is a new challenge.
-    let r = send(Some(id)).await.unwrap();
+    let r = send(Some(id.clone())).await.unwrap();
     assert_eq!(r.status(), 428);
     assert_eq!(up.requests().len(), 1);
+    // The audit: the approval (recorded although nobody was held for it), then the
+    // redemption, forwarded.
+    let records = audit_until(&gate, &token, |r| settlements(r, &id).len() >= 2).await;
+    let mine = settlements(&records, &id);
+    let decisions: Vec<&str> = mine
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["approved", "redeemed"], "{mine:?}");
+    assert_eq!(mine[0]["reviewer"], "reviewer");
+    assert_eq!(
+        outcome_of(&records, mine[0]),
+        None,
+        "the approval forwards nothing"
+    );
+    assert_eq!(outcome_of(&records, mine[1]).unwrap()["status"], 200);
+}
+
+/// The audit log, as `agentgate audit export` prints it, once `ready` says so (or after 10 s).
+async fn audit_until(
+    gate: &TestGate,
+    token: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        let text = client
+            .get(api(gate, "/api/audit/export"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        records = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if ready(&records) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    records
+}
+
+/// The decision records that name challenge `id` (its settlements), in order.
+fn settlements<'a>(records: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["challenge_id"] == id)
+        .collect()
+}
+
+/// The outcome record of decision record `d`.
+fn outcome_of<'a>(
+    records: &'a [serde_json::Value],
+    d: &serde_json::Value,
+) -> Option<&'a serde_json::Value> {
+    records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["decision_seq"] == d["seq"])
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_up_abandons_its_challenge_and_the_audit_says_so() {
+    let (_ca, up, gate, token) = setup().await;
+    let client = gate.reqwest(true);
+    let agent = tokio::spawn(async move {
+        client
+            .post("https://api.github.com/repos/acme/api/issues")
+            .json(&serde_json::json!({"title": "left"}))
+            .send()
+            .await
+    });
+    let c = pending(&gate, &token).await;
+    let id = c["id"].as_str().unwrap().to_string();
+    // The agent goes away: its connection closes.
+    agent.abort();
+    let _ = agent.await;
+    let records = audit_until(&gate, &token, |r| !settlements(r, &id).is_empty()).await;
+    let mine = settlements(&records, &id);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["decision"], "abandoned");
+    assert_eq!(mine[0]["agent"], TEST_AGENT);
+    assert_eq!(mine[0]["actions"][0]["params"]["title"], "left");
+    assert!(mine[0]["reviewer"].is_null());
+    assert_eq!(outcome_of(&records, mine[0]), None);
+    // Stored so, and it stays the only record: a late approval loses and records nothing.
+    assert_eq!(decide(&gate, Some(&token), &id, "approve", "").await, 409);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let v: serde_json::Value = client
+        .get(api(&gate, "/api/challenges"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = v["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(stored["state"], "abandoned");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let records = audit_until(&gate, &token, |_| true).await;
+    assert_eq!(settlements(&records, &id).len(), 1);
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_denial_nobody_waits_for_and_an_interruption_by_a_restart_are_recorded() {
+    let (_ca, up, gate, token) = setup().await;
+    let client = gate.reqwest(false);
+    let open = |title: &'static str| {
+        client
+            .post("https://api.github.com/repos/acme/api/issues")
+            .header("agentgate-hold", "no")
+            .json(&serde_json::json!({ "title": title }))
+            .send()
+    };
+    let id_of = |v: serde_json::Value| v["challenge_id"].as_str().unwrap().to_string();
+    let r = open("denied").await.unwrap();
+    assert_eq!(r.status(), 428);
+    let denied = id_of(r.json().await.unwrap());
+    let r = open("pending").await.unwrap();
+    assert_eq!(r.status(), 428);
+    let pending_id = id_of(r.json().await.unwrap());
+    assert_eq!(
+        decide(&gate, Some(&token), &denied, "deny", "no").await,
+        200
+    );
+    let records = audit_until(&gate, &token, |r| !settlements(r, &denied).is_empty()).await;
+    let mine = settlements(&records, &denied);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["decision"], "denied");
+    assert_eq!(mine[0]["note"], "no");
+    assert!(settlements(&records, &pending_id).is_empty());
+    // The gate stops with one challenge pending; the next start marks it interrupted and
+    // records that, once.
+    drop(client);
+    let gate = gate.restart().await;
+    let records = audit_until(&gate, &token, |r| !settlements(r, &pending_id).is_empty()).await;
+    let mine = settlements(&records, &pending_id);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["decision"], "interrupted");
+    assert_eq!(mine[0]["actions"][0]["params"]["title"], "pending");
+    assert_eq!(mine[0]["rules"][0], "issues-need-a-human");
+    assert_eq!(settlements(&records, &denied).len(), 1);
+    let verified = audit_verified(&gate, &token).await;
+    assert!(verified, "the chain verifies after the restart");
+    assert!(up.requests().is_empty());
+}
+
+/// Whether `GET /api/audit/verify` reports an intact chain.
+async fn audit_verified(gate: &TestGate, token: &str) -> bool {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let v: serde_json::Value = client
+        .get(api(gate, "/api/audit/verify"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["broken"].is_null() && v["records"].as_u64().unwrap() > 0
 }

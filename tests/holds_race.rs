@@ -1,10 +1,12 @@
 //! Step-up races through the gate's real sockets (issue 7 point 6): approve, deny, expiry and
 //! the agent going away, racing over many held requests at once. Every challenge ends in
 //! exactly one stored outcome; the upstream sees a request at most once, and exactly once when
-//! it was approved (and the agent stayed); what the agent is told and what the reviewers are
-//! told agree with the stored outcome; the audit log records the settlement of every request
-//! whose agent stayed for its answer, and no record contradicts the stored outcome. Also:
-//! reviewers' API calls sent through the proxy to the dashboard's own address never reach it.
+//! it was approved and the agent stayed; what the agent is told and what the reviewers are
+//! told agree with the stored outcome; the audit log has exactly one settlement record for
+//! every challenge, the agent's hanging up included, saying what was stored, and the upstream
+//! received the request if and only if the audit says it was forwarded (an approval that
+//! found the agent gone is recorded as not forwarded). Also: reviewers' API calls sent
+//! through the proxy to the dashboard's own address never reach it.
 //!
 //! `tests/holds.rs` races the same transitions on the store alone; `tests/holds_gate.rs` has
 //! the single-path cases (approve, deny, 428 mode, no or wrong token).
@@ -443,43 +445,78 @@ fn check(seen: &Seen, upstream: &BTreeMap<String, usize>) {
     }
 }
 
-/// Every record naming the challenge says what was stored; an agent that had its answer has
-/// exactly one such record (with the reviewer and note), and an approved one its upstream
-/// outcome.
-fn check_audit(seen: &Seen, records: &[Value]) {
-    let state = seen.stored["state"].as_str().unwrap();
-    let ctx = format!(
-        "iteration {} ({:?}), {}: {state}",
-        seen.i,
-        racers(seen.i),
-        seen.id
-    );
+/// The settlement's records of one challenge, once they are all in the log: its decision
+/// record, and the outcome of that record when there is one.
+fn settlement<'a>(seen: &Seen, records: &'a [Value]) -> (Vec<&'a Value>, Vec<&'a Value>) {
     let mine: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "decision" && r["challenge_id"] == seen.id.as_str())
         .collect();
-    for r in &mine {
-        assert_eq!(r["decision"], state, "{ctx}: {r}");
-        assert_eq!(r["reviewer"], seen.stored["reviewer"], "{ctx}: {r}");
-        assert_eq!(r["note"], seen.stored["note"], "{ctx}: {r}");
-    }
-    assert!(mine.len() <= 1, "{ctx}: {} records", mine.len());
-    // An agent that hung up takes the gate's handling of its request with it, wherever that
-    // was: its settlement may be missing from the log (an abandoned one always is), but what
-    // is there must agree (above).
-    if seen.answer.is_none() {
+    let outcomes = records
+        .iter()
+        .filter(|r| r["kind"] == "outcome" && mine.iter().any(|d| d["seq"] == r["decision_seq"]))
+        .collect();
+    (mine, outcomes)
+}
+
+/// Whether the log holds all of a challenge's settlement: its decision record and, for an
+/// approval, the outcome (forwarded or not).
+fn settlement_complete(seen: &Seen, records: &[Value]) -> bool {
+    let (mine, outcomes) = settlement(seen, records);
+    !mine.is_empty() && (seen.stored["state"] != "approved" || !outcomes.is_empty())
+}
+
+/// Every challenge, whether or not its agent stayed, has exactly one settlement record, which
+/// says what was stored (with the reviewer and note). An approval has one outcome: the
+/// upstream's status when the request was forwarded, or no status and "not forwarded" when
+/// the agent had gone; the upstream received the request if and only if the audit says it was
+/// forwarded. Nothing else has an outcome.
+fn check_audit(seen: &Seen, records: &[Value], upstream: &BTreeMap<String, usize>) {
+    let state = seen.stored["state"].as_str().unwrap();
+    let ctx = format!(
+        "iteration {} ({:?}), {}: {state}, answered: {}",
+        seen.i,
+        racers(seen.i),
+        seen.id,
+        seen.answer.is_some()
+    );
+    let (mine, outcomes) = settlement(seen, records);
+    assert_eq!(mine.len(), 1, "{ctx}: settlement records: {mine:?}");
+    let r = mine[0];
+    assert_eq!(r["decision"], state, "{ctx}: {r}");
+    assert_eq!(r["reviewer"], seen.stored["reviewer"], "{ctx}: {r}");
+    assert_eq!(r["note"], seen.stored["note"], "{ctx}: {r}");
+    assert_eq!(
+        r["actions"][0]["params"]["title"],
+        title(seen.i),
+        "{ctx}: {r}"
+    );
+    let forwarded = upstream.get(&title(seen.i)).copied().unwrap_or(0);
+    if state != "approved" {
+        assert!(outcomes.is_empty(), "{ctx}: {outcomes:?}");
+        assert_eq!(forwarded, 0, "{ctx}");
         return;
     }
-    assert_eq!(mine.len(), 1, "{ctx}: the settlement was not recorded");
-    if state == "approved" {
-        let seq = &mine[0]["seq"];
-        let outcome = records
-            .iter()
-            .find(|r| r["kind"] == "outcome" && r["decision_seq"] == *seq);
-        assert_eq!(
-            outcome.map(|o| o["status"].clone()),
-            Some(Value::from(200)),
-            "{ctx}: no outcome recorded"
+    assert_eq!(outcomes.len(), 1, "{ctx}: {outcomes:?}");
+    let o = outcomes[0];
+    let says_forwarded = !o["status"].is_null();
+    assert_eq!(
+        forwarded,
+        usize::from(says_forwarded),
+        "{ctx}: the upstream and the audit disagree: {o}"
+    );
+    if says_forwarded {
+        assert_eq!(o["status"], 200, "{ctx}: {o}");
+        assert!(o["error"].is_null(), "{ctx}: {o}");
+    } else {
+        let why = o["error"].as_str().unwrap_or("");
+        assert!(
+            why.starts_with("not forwarded: the agent had gone"),
+            "{ctx}: {o}"
+        );
+        assert!(
+            seen.answer.is_none(),
+            "{ctx}: not forwarded, yet the agent was answered"
         );
     }
 }
@@ -528,23 +565,32 @@ async fn approve_deny_expiry_and_hang_up_race_to_exactly_one_outcome() {
             "no iteration ended {o}: {outcomes:?}"
         );
     }
-    // The audit log: outcomes are appended after the response; wait for the last ones.
+    // The audit log: settlements are recorded by the gate's step-up tasks, after the agent
+    // was answered or had gone, and outcomes after the response; wait for the last ones.
     let mut records = rig.audit().await;
-    for _ in 0..100 {
-        let approved_answered = seen
-            .iter()
-            .filter(|s| s.answer.is_some() && s.stored["state"] == "approved")
-            .count();
-        let outcomes = records.iter().filter(|r| r["kind"] == "outcome").count();
-        if outcomes >= approved_answered {
+    for _ in 0..200 {
+        if seen.iter().all(|s| settlement_complete(s, &records)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         records = rig.audit().await;
     }
+    let mut settled: BTreeMap<String, usize> = BTreeMap::new();
     for s in &seen {
-        check_audit(s, &records);
+        check_audit(s, &records, &upstream);
+        let (mine, outcomes) = settlement(s, &records);
+        let how = match (mine[0]["decision"].as_str().unwrap(), outcomes.first()) {
+            ("approved", Some(o)) if o["status"].is_null() => "approved, not forwarded",
+            (d, _) => d,
+        };
+        let key = if s.answer.is_some() {
+            how.to_string()
+        } else {
+            format!("{how} (agent gone)")
+        };
+        *settled.entry(key).or_default() += 1;
     }
+    println!("settlement records: {settled:?}");
 }
 
 /// A policy that lets agents reach any other host: the gate's own addresses must still be
