@@ -60,7 +60,8 @@ fn bad(msg: impl Into<String>) -> ClassifyError {
 
 /// The params of one message: `to`, `cc`, `bcc`, `recipients` (the three together, each address
 /// once, in order), `from` (arrays of lower-cased bare addresses), `subject` (decoded, `""` when
-/// there is none), `attachments` (`{name, type, size}` each) and `size` (bytes).
+/// there is none), `attachments` (`{name, type, size}` each), `body_preview` (the start of the
+/// first text/plain part, for the reviewer; `""` when there is none) and `size` (bytes).
 pub fn extract(message: &[u8]) -> Result<Map<String, Value>, ClassifyError> {
     if message.len() > MAX_MESSAGE_BYTES {
         return Err(bad(format!(
@@ -105,6 +106,10 @@ pub fn extract(message: &[u8]) -> Result<Map<String, Value>, ClassifyError> {
     let mut walker = Walker::default();
     walker.walk(&fields, body, false, 0)?;
     params.insert("attachments".into(), Value::Array(walker.attachments));
+    params.insert(
+        "body_preview".into(),
+        Value::String(walker.preview.unwrap_or_default()),
+    );
     params.insert("size".into(), Value::from(message.len()));
     Ok(params)
 }
@@ -931,6 +936,50 @@ fn quoted_printable_len(body: &[u8]) -> usize {
 #[derive(Debug, Default)]
 struct Walker {
     attachments: Vec<Value>,
+    /// The start of the first text/plain part that is not an attachment, decoded.
+    preview: Option<String>,
+}
+
+/// How many characters of the message's text a reviewer sees before approving it.
+pub const PREVIEW_CHARS: usize = 500;
+
+/// The first [`PREVIEW_CHARS`] characters of a text part's content: the transfer encoding
+/// undone, the charset decoded (unknown charsets and bad bytes as U+FFFD), line endings as
+/// `\n`. `None` when the encoding is broken (the message is still classified; the reviewer
+/// sees no preview).
+fn preview(body: &[u8], encoding: TransferEncoding, charset: Option<&str>) -> Option<String> {
+    use mail_parser::decoders;
+    // Enough encoded bytes for PREVIEW_CHARS characters of up to 4 bytes each, cut at a line
+    // end so no base64 quantum or quoted-printable escape is split: a long body costs no more
+    // than a short one.
+    const ENOUGH: usize = PREVIEW_CHARS * 4 * 4 / 3 + 512;
+    let body = match body.get(..ENOUGH) {
+        Some(head) if encoding != TransferEncoding::Identity => {
+            let end = memchr::memrchr(b'\n', head).map_or(head.len(), |i| i + 1);
+            head.get(..end).unwrap_or(head)
+        }
+        Some(head) => head,
+        None => body,
+    };
+    let bytes: std::borrow::Cow<'_, [u8]> = match encoding {
+        TransferEncoding::Identity => std::borrow::Cow::Borrowed(body),
+        TransferEncoding::Base64 => std::borrow::Cow::Owned(decoders::base64::base64_decode(body)?),
+        TransferEncoding::QuotedPrintable => {
+            std::borrow::Cow::Owned(decoders::quoted_printable::quoted_printable_decode(body)?)
+        }
+    };
+    let text = match charset.and_then(|c| decoders::charsets::map::charset_decoder(c.as_bytes())) {
+        Some(decode) => decode(&bytes),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    Some(
+        text.replace("\r\n", "\n")
+            .chars()
+            .take(PREVIEW_CHARS)
+            .collect::<String>()
+            .trim_end()
+            .to_string(),
+    )
 }
 
 impl Walker {
@@ -966,6 +1015,8 @@ impl Walker {
         let is_attachment = disposition.as_ref().is_some_and(|d| d.ty == "attachment");
         if name.is_some() || media.ty != "text" || is_attachment {
             self.list(name.unwrap_or_default(), &media, size)?;
+        } else if self.preview.is_none() && media.is("text", "plain") {
+            self.preview = preview(body, encoding, media.param("charset"));
         }
         let is_message =
             media.ty == "message" && matches!(media.subtype.as_str(), "rfc822" | "global");
@@ -1079,6 +1130,33 @@ mod tests {
     const PYTHON_DOCS: &str = "Content-Type: text/plain; charset=\"utf-8\"\nContent-Transfer-Encoding: 7bit\nMIME-Version: 1.0\nTo: gduser1@workspacesamples.dev\nFrom: gduser2@workspacesamples.dev\nSubject: Automated draft\n\nThis is automated draft mail\n";
 
     #[test]
+    fn the_preview_is_the_first_plain_text_part_decoded() {
+        // base64 in ISO-8859-1, after an HTML alternative would come; an attachment first.
+        let m = "From: a@x.com\r\nTo: b@y.com\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Disposition: attachment; filename=a.txt\r\n\r\nnot this\r\n--B\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\nUulzdW3pIDxiPg==\r\n--B\r\nContent-Type: text/plain\r\n\r\nnor this\r\n--B--\r\n";
+        assert_eq!(ok(m)["body_preview"], json!("Résumé <b>"));
+        // Quoted-printable, cut at PREVIEW_CHARS characters.
+        let long = "é".repeat(PREVIEW_CHARS + 10);
+        let qp: String = long
+            .bytes()
+            .map(|b| format!("={b:02X}"))
+            .collect::<Vec<_>>()
+            .chunks(20)
+            .map(|c| c.concat())
+            .collect::<Vec<_>>()
+            .join("=\r\n");
+        let m = format!(
+            "From: a@x.com\r\nTo: b@y.com\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{qp}\r\n"
+        );
+        let p = ok(&m);
+        let preview = p["body_preview"].as_str().unwrap();
+        assert_eq!(preview.chars().count(), PREVIEW_CHARS);
+        assert!(preview.chars().all(|c| c == 'é'));
+        // HTML only: no preview, and the message is still classified.
+        let m = "From: a@x.com\r\nTo: b@y.com\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n";
+        assert_eq!(ok(m)["body_preview"], json!(""));
+    }
+
+    #[test]
     fn python_email_message() {
         let p = ok(PYTHON_DOCS);
         assert_eq!(
@@ -1091,6 +1169,7 @@ mod tests {
                 "recipients": ["gduser1@workspacesamples.dev"],
                 "subject": "Automated draft",
                 "attachments": [],
+                "body_preview": "This is automated draft mail",
                 "size": PYTHON_DOCS.len(),
             })
         );

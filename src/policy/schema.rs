@@ -147,6 +147,7 @@ impl Schema {
                 ]))),
             ),
             ("size", Ty::Int),
+            ("body_preview", Ty::Str),
             ("body_shape", Ty::Str),
             ("recipients_known", Ty::Bool),
             ("resumable", Ty::Str),
