@@ -124,7 +124,7 @@ async fn proxy_request(state: Arc<ProxyState>, req: Request<Incoming>) -> Respon
         return connect::handle(state, agent, req).await;
     }
     match plain_origin(&state, agent, &req) {
-        Ok(origin) => pipeline::handle(state, Arc::new(origin), req).await,
+        Ok(origin) => pipeline::handle(state, Arc::new(origin), super::detach_head(req)).await,
         Err(refusal) => respond::refusal(&refusal, &RequestId::new()),
     }
 }

@@ -84,8 +84,12 @@ impl ProxyState {
 /// Drives a server connection to its end: shut down gracefully once it has been idle (no
 /// request in flight, no bytes) for `idle`; dropped when a request head stalls for
 /// `head_timeout` (`None` for HTTP/2, which has no request heads to stall).
+///
+/// The connection comes boxed: the task of a tunnel that waits on a held request then keeps
+/// a pointer, not the connection state (kilobytes, in the task and again in this future's
+/// argument slot).
 pub async fn serve_until_idle<C>(
-    conn: C,
+    mut conn: std::pin::Pin<Box<C>>,
     activity: &activity::Activity,
     idle: std::time::Duration,
     head_timeout: Option<std::time::Duration>,
@@ -93,7 +97,6 @@ pub async fn serve_until_idle<C>(
     C: hyper_util::server::graceful::GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let stalled = async {
         match head_timeout {
             Some(t) => activity.stalled_head(t).await,
@@ -111,4 +114,36 @@ pub async fn serve_until_idle<C>(
     if let Err(e) = result {
         tracing::debug!("agent connection ended: {e}");
     }
+}
+
+/// The request with its head (URI, header values) copied out of the connection's read buffer.
+///
+/// hyper parses a request head in place: the URI and every header value are slices of the
+/// connection's read buffer. A request that is kept (held for a reviewer) would keep that whole
+/// buffer (8 KB and more) alive, and the connection would allocate a new one for its next read.
+/// Copied, the head costs its own few hundred bytes and the connection reuses its buffer.
+/// Names, values and their sensitivity are kept exactly; a URI that would not parse again
+/// (never expected) is left as it was.
+pub fn detach_head<B>(req: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    let mut name = None;
+    for (n, v) in parts.headers {
+        if let Some(n) = n {
+            name = Some(n);
+        }
+        let Some(n) = &name else { continue };
+        let sensitive = v.is_sensitive();
+        // Values hyper accepted always pass this check; the original is kept otherwise.
+        let mut copied = http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or(v);
+        copied.set_sensitive(sensitive);
+        headers.append(n.clone(), copied);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        if uri == parts.uri {
+            parts.uri = uri;
+        }
+    }
+    http::Request::from_parts(parts, body)
 }
