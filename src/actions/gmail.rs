@@ -573,6 +573,7 @@ mod tests {
             "from": ["gduser2@workspacesamples.dev"],
             "subject": "Automated draft",
             "attachments": [],
+            "body_preview": "This is automated draft mail",
             "size": PYTHON_MESSAGE.len(),
             "recipients_known": true,
         })
