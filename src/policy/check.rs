@@ -194,6 +194,13 @@ pub struct Program {
     pub lists: BTreeMap<String, Value>,
     /// Distinct clause expressions (the size of a decision's memo).
     pub(super) memo_slots: usize,
+    /// Each memo slot's expression.
+    pub(super) memo_exprs: Vec<CExpr>,
+    /// Each rule's clauses as memo slots, parallel to `rules`: what a decision walks, dense
+    /// and small, so it touches a rule's full record only when the rule fires.
+    pub(super) plans: Vec<Plan>,
+    /// The memo slots the plans' ranges point into.
+    pub(super) plan_slots: Vec<u32>,
     /// The most quantifier slots one rule uses.
     pub(super) max_slots: usize,
 }
@@ -268,7 +275,8 @@ pub fn compile(
     };
     let (index, graphql_rules) = index_rules(&rules, schema);
     let (count_index, graphql_counts) = index_counts(&c.counts, schema);
-    let memo_slots = intern_clauses(&mut rules);
+    let (memo_exprs, plans, plan_slots) = intern_clauses(&mut rules);
+    let memo_slots = memo_exprs.len();
     let max_slots = rules.iter().map(|r| r.slots).max().unwrap_or(0);
     Ok(Program {
         rules,
@@ -282,6 +290,9 @@ pub fn compile(
         sources: sources.to_vec(),
         lists: c.lists,
         memo_slots,
+        memo_exprs,
+        plans,
+        plan_slots,
         max_slots,
     })
 }
@@ -290,24 +301,60 @@ pub fn compile(
 /// exactly when their compiled expressions are the same (same operators, operands, constants,
 /// lists, patterns and zones), so within one decision the second is the first's value. A
 /// top-level clause reads only the request, the clock and the counters, all fixed for the
-/// decision, never a quantifier variable from outside itself. Returns the number of slots.
-fn intern_clauses(rules: &mut [CRule]) -> usize {
+/// decision, never a quantifier variable from outside itself. Returns each slot's expression,
+/// and each rule's [`Plan`] with the slots its ranges point into.
+fn intern_clauses(rules: &mut [CRule]) -> (Vec<CExpr>, Vec<Plan>, Vec<u32>) {
     let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut exprs: Vec<CExpr> = Vec::new();
+    let mut plans = Vec::with_capacity(rules.len());
+    let mut flat: Vec<u32> = Vec::new();
     let mut key = String::new();
-    for r in rules.iter_mut() {
-        let clauses = r
-            .when
-            .iter_mut()
-            .chain(r.unless.iter_mut())
-            .chain(r.exempt.as_mut());
-        for c in clauses {
-            key.clear();
-            expr_key(&c.expr, &mut key);
-            let next = ids.len();
-            c.memo = *ids.entry(key.clone()).or_insert(next);
+    let mut slot = |c: &mut Clause| -> u32 {
+        key.clear();
+        expr_key(&c.expr, &mut key);
+        let next = ids.len();
+        let id = *ids.entry(key.clone()).or_insert(next);
+        if id == next {
+            exprs.push(c.expr.clone());
         }
+        c.memo = id;
+        u32::try_from(id).unwrap_or(u32::MAX)
+    };
+    let span = |start: usize, end: usize| {
+        (
+            u32::try_from(start).unwrap_or(u32::MAX),
+            u32::try_from(end).unwrap_or(u32::MAX),
+        )
+    };
+    for r in rules.iter_mut() {
+        let start = flat.len();
+        for c in r.when.iter_mut() {
+            flat.push(slot(c));
+        }
+        let mid = flat.len();
+        for c in r.unless.iter_mut() {
+            flat.push(slot(c));
+        }
+        let end = flat.len();
+        let exempt = r.exempt.as_mut().map(&mut slot);
+        plans.push(Plan {
+            when: span(start, mid),
+            unless: span(mid, end),
+            exempt,
+            effect: r.effect,
+        });
     }
-    ids.len()
+    (exprs, plans, flat)
+}
+
+/// A rule as a decision walks it: its `when` and `unless` clauses as ranges of memo slots in
+/// [`Program::plan_slots`], its `exempt` slot, its effect.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub when: (u32, u32),
+    pub unless: (u32, u32),
+    pub exempt: Option<u32>,
+    pub effect: EffectKw,
 }
 
 /// Writes a canonical text of `e`: equal texts mean equal behaviour (set elements sorted,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ast::{CmpOp, EffectKw, Func};
-use super::check::{Builtin, CExpr, CRule, Clause, Piece, Program, Template};
+use super::check::{Builtin, CExpr, CRule, Clause, Piece, Plan, Program, Template};
 use crate::actions::Action;
 
 /// Most expression steps one decision may take.
@@ -321,22 +321,32 @@ pub fn decide_traced(
     let applicable = applicable(program, &input.action.name);
     let mut hits: Vec<Hit<'_>> = Vec::with_capacity(applicable.len());
     for &i in applicable.iter() {
-        let Some(rule) = program.rules.get(i) else {
-            continue;
-        };
-        let (fires, on_error, errors) = match trace.as_deref_mut() {
+        let (rule, fires, on_error, errors) = match trace.as_deref_mut() {
             None => {
-                let out = ev.rule_fast(rule);
+                // The rule's plan alone until it fires.
+                let Some(plan) = program.plans.get(i) else {
+                    continue;
+                };
+                let out = ev.rule_fast(plan);
+                if !out.fires {
+                    continue;
+                }
+                let Some(rule) = program.rules.get(i) else {
+                    continue;
+                };
                 // Messages only for a rule that fires on an error (rare): nothing to build
                 // otherwise.
-                let errors = if out.fires && out.on_error {
+                let errors = if out.on_error {
                     ev.errors(rule)
                 } else {
                     Vec::new()
                 };
-                (out.fires, out.on_error, errors)
+                (rule, out.fires, out.on_error, errors)
             }
             Some(t) => {
+                let Some(rule) = program.rules.get(i) else {
+                    continue;
+                };
                 let out = ev.rule(rule);
                 let is_approved = approves(input, rule, out.fires);
                 t.push(RuleTrace {
@@ -350,7 +360,7 @@ pub fn decide_traced(
                     clauses: out.clauses,
                 });
                 let errors = out.errors.iter().map(Why::message).collect();
-                (out.fires, out.on_error, errors)
+                (rule, out.fires, out.on_error, errors)
             }
         };
         if !fires {
@@ -685,13 +695,13 @@ impl<'a> Ev<'a> {
     /// Whether `r` fires, and on an error: [`Ev::rule`] without the trace, which is every
     /// decision's path. Clause values come from the decision's memo; a quantifier sets its
     /// slot before its body reads it, so slots need no reset between rules.
-    fn rule_fast(&self, r: &'a CRule) -> Outcome {
-        // The conditions: false as soon as one `when` is false or one `unless` true;
-        // evaluated in the same order, and as far, as the traced path.
+    fn rule_fast(&self, p: &Plan) -> Outcome {
+        let slots = &self.program.plan_slots;
+        let range = |(a, b): (u32, u32)| slots.get(a as usize..b as usize).unwrap_or(&[]);
         let mut unknown = false;
         let mut falsified = false;
-        for c in &r.when {
-            match self.code(c) {
+        for &m in range(p.when) {
+            match self.code_of(m as usize) {
                 TRUE => {}
                 FALSE => {
                     falsified = true;
@@ -701,8 +711,8 @@ impl<'a> Ev<'a> {
             }
         }
         if !falsified {
-            for c in &r.unless {
-                match self.code(c) {
+            for &m in range(p.unless) {
+                match self.code_of(m as usize) {
                     FALSE => {}
                     TRUE => {
                         falsified = true;
@@ -712,10 +722,10 @@ impl<'a> Ev<'a> {
                 }
             }
         }
-        let (fires, on_error) = match r.effect {
+        let (fires, on_error) = match p.effect {
             _ if falsified => (false, false),
             EffectKw::Allow => (!unknown, false),
-            _ => match r.exempt.as_ref().map(|ex| self.code(ex)) {
+            _ => match p.exempt.map(|m| self.code_of(m as usize)) {
                 None | Some(FALSE) => (true, unknown),
                 Some(TRUE) => (false, false),
                 Some(_) => (true, true),
@@ -807,14 +817,26 @@ impl<'a> Ev<'a> {
     /// A top-level clause's value as a memo code ([`TRUE`], [`FALSE`], or `UNKNOWN_0 + i`),
     /// computed once per decision however many rules repeat it.
     fn code(&self, c: &'a Clause) -> u32 {
-        let Some(cell) = self.memo.get(c.memo) else {
+        self.code_of(c.memo)
+    }
+
+    /// The value of memo slot `m` (evaluated on its first use in the decision).
+    #[inline]
+    fn code_of(&self, m: usize) -> u32 {
+        match self.memo.get(m).map(Cell::get) {
+            Some(UNSEEN) => self.evaluate(m),
+            Some(seen) => seen,
+            None => self.unknown(Why::Text("a clause outside the program's memo".into())),
+        }
+    }
+
+    /// Evaluates memo slot `m` and keeps its value for the rest of the decision.
+    #[inline(never)]
+    fn evaluate(&self, m: usize) -> u32 {
+        let (Some(cell), Some(expr)) = (self.memo.get(m), self.program.memo_exprs.get(m)) else {
             return self.unknown(Why::Text("a clause outside the program's memo".into()));
         };
-        let seen = cell.get();
-        if seen != UNSEEN {
-            return seen;
-        }
-        let code = match self.truth(&c.expr) {
+        let code = match self.truth(expr) {
             Tri::T => TRUE,
             Tri::F => FALSE,
             Tri::U(w) => self.unknown(w),
