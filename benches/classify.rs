@@ -12,10 +12,14 @@
 //! Instruction counts: `valgrind --tool=callgrind <bench binary> --calls N rest_issue_create`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "estimates/mod.rs"]
+mod estimates;
+
 use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use estimates::{median_us, name_filter, output_dir};
 
 use agentgate::actions::catalog::{Catalog, Inspected};
 use agentgate::actions::{canonical, mime};
@@ -280,48 +284,6 @@ fn check(case: &Case, got: &Inspected) {
     }
 }
 
-fn output_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("criterion")
-}
-
-/// Criterion's median estimate (of per-iteration time across samples), in microseconds.
-fn median_us(out: &Path, func: &str) -> Option<f64> {
-    let p = out
-        .join("classify")
-        .join(func)
-        .join("new")
-        .join("estimates.json");
-    let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-    Some(v["median"]["point_estimate"].as_f64()? / 1000.0)
-}
-
-/// The name filter given to criterion (its first positional argument), if any: the per-call
-/// pass then times only the cases it selects.
-fn name_filter() -> Option<String> {
-    const WITH_VALUE: [&str; 9] = [
-        "--profile-time",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--measurement-time",
-        "--warm-up-time",
-        "--sample-size",
-        "--output-format",
-        "--color",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.iter().enumerate().find_map(|(i, a)| {
-        let after_option = i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
-        (!a.starts_with('-') && !after_option).then(|| a.clone())
-    })
-}
-
 /// Per-call latency percentiles (p50, p90, p99) in microseconds.
 fn per_call(case: &Case, catalog: &Catalog, calls: usize) -> [f64; 3] {
     for _ in 0..calls / 10 {
@@ -410,7 +372,7 @@ fn main() {
         "part_gmail_base64url_decode",
         "part_gmail_mime_extract",
     ] {
-        if let Some(m) = median_us(&out, func) {
+        if let Some(m) = median_us(&out, "classify", func) {
             println!("classify/{func:<28} {m:>10.3}");
         }
     }
@@ -427,7 +389,8 @@ fn main() {
             200_000
         };
         let [p50, p90, p99] = per_call(case, &catalog, calls);
-        let median = median_us(&out, case.name).map_or("-".into(), |m| format!("{m:.3}"));
+        let median =
+            median_us(&out, "classify", case.name).map_or("-".into(), |m| format!("{m:.3}"));
         let verdict = match case.target_us {
             Some(t) if p50 <= t => format!("target p50 <= {t:.0} us: met"),
             Some(t) => format!("target p50 <= {t:.0} us: MISSED"),

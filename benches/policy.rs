@@ -31,10 +31,14 @@
 //! nothing else).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "estimates/mod.rs"]
+mod estimates;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use estimates::{median_us, name_filter, output_dir};
 
 use agentgate::actions::Action;
 use agentgate::policy::eval::{self, NoCounts};
@@ -384,47 +388,6 @@ fn decide(program: &Program, a: &Action) -> Effect {
         .effect
 }
 
-fn output_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("criterion")
-}
-
-/// Criterion's median estimate (of per-iteration time across samples), in microseconds.
-fn median_us(out: &Path, func: &str) -> Option<f64> {
-    let p = out
-        .join("policy")
-        .join(func)
-        .join("new")
-        .join("estimates.json");
-    let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-    Some(v["median"]["point_estimate"].as_f64()? / 1000.0)
-}
-
-/// The name filter given to criterion (its first positional argument), if any.
-fn name_filter() -> Option<String> {
-    const WITH_VALUE: [&str; 9] = [
-        "--profile-time",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--measurement-time",
-        "--warm-up-time",
-        "--sample-size",
-        "--output-format",
-        "--color",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.iter().enumerate().find_map(|(i, a)| {
-        let after_option = i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
-        (!a.starts_with('-') && !after_option).then(|| a.clone())
-    })
-}
-
 /// Per-call percentiles (p50, p90, p99) in microseconds of `calls` calls after `calls / 10`.
 fn per_call(mut run: impl FnMut(), calls: usize) -> [f64; 3] {
     for _ in 0..calls / 10 {
@@ -528,7 +491,7 @@ fn main() {
     );
     let line = |name: &str, per: [f64; 3], target_us: f64| {
         let [p50, p90, p99] = per;
-        let median = median_us(&out, name).map_or("-".into(), |m| format!("{m:.3}"));
+        let median = median_us(&out, "policy", name).map_or("-".into(), |m| format!("{m:.3}"));
         let verdict = if p50 <= target_us { "met" } else { "MISSED" };
         println!(
             "policy/{name:<31} median {median:>10}  p50 {p50:>10.3}  p90 {p90:>10.3}  \

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,25 +307,7 @@ pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
     (out, t.elapsed())
 }
 
-/// Where criterion writes (the same rule criterion itself uses, made explicit so we can read
-/// the estimates back).
-pub fn output_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(home);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
-}
-
-/// Criterion's median estimate (of per-iteration time across samples), in microseconds.
-pub fn median_us(out: &Path, group: &str, func: &str) -> Option<f64> {
-    let p = out
-        .join(group)
-        .join(func)
-        .join("new")
-        .join("estimates.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-    Some(v["median"]["point_estimate"].as_f64()? / 1000.0)
-}
+#[path = "../estimates/mod.rs"]
+mod estimates;
+#[allow(unused_imports)]
+pub use estimates::{median_us, name_filter, output_dir};
