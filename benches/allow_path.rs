@@ -182,9 +182,11 @@ impl GateSide {
         let mut s = TcpStream::connect(self.gate.gate.dashboard_addr)
             .await
             .unwrap();
+        // The dashboard answers only to its own address (DNS-rebinding guard).
+        let host = self.gate.gate.dashboard_addr;
         s.write_all(
             format!(
-                "GET /api/audit/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                "GET /api/audit/verify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
                 token.trim()
             )
             .as_bytes(),

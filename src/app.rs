@@ -75,6 +75,9 @@ pub struct Gate {
     task: JoinHandle<()>,
     /// Closed on shutdown: the step-up tasks still waiting end (see [`Holds::close`]).
     holds: Holds,
+    /// Closed on shutdown, after the listener: a gate started next on the same data
+    /// directory takes over the store even while tasks of this one linger.
+    audit: Arc<Audit>,
 }
 
 impl Gate {
@@ -91,6 +94,7 @@ impl Gate {
         let _ = (&mut self.task).await;
         self.watcher.abort();
         self.holds.close();
+        self.audit.close();
     }
 }
 
@@ -191,6 +195,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         audit: audit.clone(),
         holds: holds.clone(),
     });
+    let closing_audit = audit.clone();
     let dashboard_state = Arc::new(DashboardState::new(dashboard::Parts {
         reviewers: Reviewers::load(&config.reviewers, &config.data_dir)?,
         metrics,
@@ -229,6 +234,7 @@ pub async fn start(config: &Config) -> Result<Gate, AppError> {
         stop: Some(stop),
         task,
         holds: closing,
+        audit: closing_audit,
     })
 }
 

@@ -574,7 +574,8 @@ async fn a_store_that_cannot_write_refuses_every_decision() {
 }
 
 /// A real write failure under root: sled's log file is `/dev/full`, so every write of it
-/// fails with ENOSPC.
+/// fails with ENOSPC. Decisions are durable in the journal until the store's checkpoint
+/// fails; from then on every decision is refused with the reason.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_full_disk_refuses_decisions_with_the_reason() {
@@ -599,15 +600,108 @@ async fn a_full_disk_refuses_decisions_with_the_reason() {
         }
     };
     let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
-    for i in 0..3 {
+    let first = audit
+        .decision(decided(T0, "coder", "github.repos.delete", Effect::Allow))
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    let err = audit.checkpoint().unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    for i in 1..4 {
         let rec = decided(T0 + i, "coder", "github.repos.delete", Effect::Allow);
         let err = audit.decision(rec).await.unwrap_err();
         assert!(matches!(err, AuditError::Store(_)), "{err}");
         assert!(err.to_string().contains("No space left on device"), "{err}");
     }
     let stats = audit.stats();
-    assert!(stats.failing && stats.failures >= 3, "{stats:?}");
-    assert_eq!(stats.durable, 0);
+    assert!(stats.failing && stats.failures >= 4, "{stats:?}");
+    assert_eq!(stats.durable, 1);
+}
+
+/// A closed log refuses appends, answers what was queued, and lets go of the store's journal:
+/// a log opened next on the same store (a gate restarted in this process) takes over while
+/// the first one is still referenced, and continues its chain.
+#[tokio::test]
+async fn a_closed_log_hands_the_store_over() {
+    let dir = TempDir::new("close");
+    let db = db(&dir);
+    let first = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
+    for i in 0..3 {
+        let rec = decided(T0 + i, "coder", "github.issues.create", Effect::Allow);
+        first.decision(rec).await.unwrap();
+    }
+    first.close();
+    let rec = decided(T0 + 5, "coder", "github.issues.create", Effect::Allow);
+    assert_eq!(first.decision(rec).await.unwrap_err(), AuditError::Closed);
+    let second = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
+    let rec = decided(T0 + 6, "coder", "github.issues.create", Effect::Allow);
+    assert_eq!(second.decision(rec).await.unwrap(), 4);
+    let report = second.verify();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.records, 4);
+    drop(first);
+}
+
+/// The journal itself on a full disk: the log does not open, and says why.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_stops_the_log_from_opening() {
+    let dir = TempDir::new("journal-full");
+    let db = db(&dir);
+    std::os::unix::fs::symlink("/dev/full", state(&dir).join("audit.journal.a")).unwrap();
+    let err = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap_err();
+    assert!(matches!(err, AuditError::Store(_)), "{err}");
+    assert!(err.to_string().contains("audit journal"), "{err}");
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+}
+
+/// Records the store lost in a crash (appended and committed, but sled never flushed) come
+/// back from the journal when the log is opened again, and the chain verifies.
+#[tokio::test]
+async fn records_sled_lost_come_back_from_the_journal() {
+    let dir = TempDir::new("journal-replay");
+    {
+        let db = sled::Config::new()
+            .path(state(&dir))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
+        for i in 0..5 {
+            let rec = decided(T0 + i, "coder", "github.issues.create", Effect::Allow);
+            audit.decision(rec).await.unwrap();
+        }
+        // What a crash leaves: the journal as written, sled's tree as last flushed (by the
+        // checkpoint opening took: empty). Copy the directory away while both are open.
+        let copy = dir.path().join("crashed");
+        std::fs::create_dir_all(&copy).unwrap();
+        for entry in std::fs::read_dir(state(&dir)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+            }
+        }
+        std::mem::forget(audit);
+        std::mem::forget(db);
+    }
+    let crashed = dir.path().join("crashed");
+    let db = agentgate::store::open_unshared(&crashed).unwrap();
+    // Before the journal is read, the copied tree has lost the five records.
+    assert_eq!(tree(&db).len(), 0, "sled was expected to have lost them");
+    let audit = Audit::open(&db, &crashed, Retention::FOREVER).unwrap();
+    let report = audit.verify();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.records, 5);
+    let next = audit
+        .decision(decided(
+            T0 + 9,
+            "coder",
+            "github.issues.create",
+            Effect::Allow,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next, 6);
 }
 
 /// Secrets in every field the agent or a reviewer controls.

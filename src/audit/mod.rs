@@ -72,28 +72,37 @@
 //! numbers the record, links it to the previous hash, inserts it into the tree, and releases
 //! the lock; records are therefore stored in sequence order. [`Audit::decision`] then waits
 //! for a *group commit*: a dedicated thread (`audit-commit`) takes every waiter queued so far,
-//! syncs the store once ([`Sink::sync`]: sled's `flush`, then `fdatasync` of its log file,
-//! since sled's flush alone does not survive a power loss; see [`SledSink`]), and wakes them
-//! all with its result. Records appended during a sync share the next one, so 32 concurrent
-//! requests pay for a few syncs instead of 32 (`cargo bench --bench audit`, BENCHMARKS.md).
-//! Only when its record is durable does `decision` return its sequence number; the proxy
-//! sends nothing upstream before that. Outcomes are not awaited: they are made durable by the
-//! next commit (or sled's own periodic flush), and a crash may lose the last outcomes, never a
-//! decision whose request was forwarded.
+//! syncs the store once ([`Sink::sync`]), and wakes them all with its result. Records appended
+//! during a sync share the next one, so 32 concurrent requests pay for a few syncs instead of
+//! 32 (`cargo bench --bench audit`, BENCHMARKS.md). Only when its record is durable does
+//! `decision` return its sequence number; the proxy sends nothing upstream before that.
+//! Outcomes are not awaited: they are made durable by the next commit, and a crash may lose
+//! the last outcomes, never a decision whose request was forwarded.
 //!
-//! When the store cannot write (an insert or a flush fails), the error reaches every request
-//! waiting on it as an [`AuditError::Store`], and the caller refuses the request (fail
-//! closed). The first failure is logged at `error` and recovery at `warn`;
-//! [`Audit::stats`] (`failing`, `failures`, `last_error`) is what metrics read. A failed
-//! insert leaves the chain as it was (the next record takes the same number); a failed flush
-//! may leave decision records whose requests were refused, without an outcome. The commit
-//! thread does not time out a flush that hangs; the caller's own request deadline does.
+//! In the gate, a sync writes the records appended since the last one to the store's journal
+//! (`audit.journal.a`/`.b` beside sled's files: one write and one `fdatasync` of a
+//! preallocated file, a single device round trip), and a thread of the store syncs sled itself
+//! in the background every 512 KiB or half second, after which the journal's space is reused.
+//! Opening the log puts back into the tree whatever the journal holds that sled lost in a
+//! crash. See `journal` (the format and recovery) and [`SledSink`].
+//! [`Audit::close`] (the gate's shutdown) syncs sled a last time and releases the journal.
+//!
+//! When the store cannot write (an insert, a journal write or a sync of sled fails), the
+//! error reaches every request waiting on it as an [`AuditError::Store`], and the caller
+//! refuses the request (fail closed). A sync of sled that fails in the background makes every
+//! later commit retry it and fail while it fails, so a store whose sled files cannot be
+//! written refuses requests within about a second even though the journal still writes.
+//! The first failure is logged at `error` and recovery at `warn`; [`Audit::stats`]
+//! (`failing`, `failures`, `last_error`) is what metrics read. A failed insert leaves the
+//! chain as it was (the next record takes the same number); a failed sync may leave decision
+//! records whose requests were refused, without an outcome. The commit thread does not time
+//! out a sync that hangs; the caller's own request deadline does.
 //!
 //! The sink is the [`Sink`] trait ([`SledSink`] in the gate). Permissions cannot make a store
-//! fail under root, which is how the tests run in CI, so `tests/audit.rs` does two things: it
-//! wraps [`SledSink`] in a sink whose inserts or flushes fail on demand (failure, then
-//! recovery), and it runs the real [`SledSink`] on a sled log file that is `/dev/full`, where
-//! every write fails with ENOSPC.
+//! fail under root, which is how the tests run in CI, so `tests/audit.rs` does three things:
+//! it wraps [`SledSink`] in a sink whose inserts or syncs fail on demand (failure, then
+//! recovery), it runs the real [`SledSink`] on a sled log file that is `/dev/full`, where
+//! every write of sled fails with ENOSPC, and it puts the journal on `/dev/full`.
 //!
 //! # Retention
 //! [`Audit::prune`] (the owner calls it periodically) removes the oldest records while they
@@ -116,6 +125,7 @@
 pub mod cli;
 mod commit;
 mod export;
+mod journal;
 mod record;
 mod redact;
 mod store;
@@ -238,6 +248,8 @@ pub struct AuditStats {
 struct Chain {
     next: u64,
     prev: [u8; HASH_LEN],
+    /// Set by [`Audit::close`]: nothing more is appended.
+    closed: bool,
 }
 
 /// The audit log. `Send + Sync`; share it with an `Arc`. Dropping it answers the waiters
@@ -281,7 +293,11 @@ impl Audit {
         let committer = Committer::start(sink.clone(), health.clone())?;
         Ok(Audit {
             sink,
-            chain: Mutex::new(Chain { next, prev }),
+            chain: Mutex::new(Chain {
+                next,
+                prev,
+                closed: false,
+            }),
             health,
             retention,
             bytes: AtomicU64::new(bytes),
@@ -325,6 +341,9 @@ impl Audit {
     /// Numbers, chains and stores one record; queues `waiter` for the next commit.
     fn append(&self, json: &[u8], waiter: Option<Waiter>) -> Result<u64, AuditError> {
         let mut chain = lock(&self.chain);
+        if chain.closed {
+            return Err(AuditError::Closed);
+        }
         let seq = chain.next;
         let (value, hash) = record::encode(seq, json, &chain.prev);
         if let Err(e) = self.sink.put(seq, &value) {
@@ -372,6 +391,29 @@ impl Audit {
                 })
             })
             .collect()
+    }
+
+    /// Makes every record appended so far durable in the store itself and starts the journal
+    /// over (see [`SledSink`]); the commit thread does this on its own every few MiB or
+    /// seconds. An error is counted like a failed commit, and the next decisions are refused
+    /// until a checkpoint succeeds.
+    pub fn checkpoint(&self) -> Result<(), AuditError> {
+        let done = self.sink.checkpoint();
+        if let Err(e) = &done {
+            self.health.failed(e);
+        }
+        done
+    }
+
+    /// Closes the log for writing: later appends fail with [`AuditError::Closed`], what was
+    /// appended is made durable in the store, and the store lets go of its journal, so that
+    /// a log opened next on the same store (a gate restarted in the same process) can take
+    /// it even while something still holds this one. Reading goes on working.
+    pub fn close(&self) {
+        let mut chain = lock(&self.chain);
+        chain.closed = true;
+        // Under the chain lock: no append is between its insert and its queueing.
+        self.sink.close();
     }
 
     /// The log's counters.

@@ -2,20 +2,30 @@
 //! directory's sled database (tree `audit`, key = `u64_be(seq)`, value = `sha256(body) ++
 //! body`). The only file of [`crate::audit`] that uses sled.
 //!
-//! sled 0.34's `flush` writes its log with `sync_file_range` on Linux, which persists neither
-//! the file's metadata (the size of an appended log) nor the device's write cache, and it does
-//! not sync the separate files it writes large pages to (`blobs/`). So [`SledSink::sync`]
-//! follows the flush with `fdatasync` of the log file `db`, and `fsync` of blob files created
-//! since the last sync and of their directory: a record is durable against power loss, not
+//! A record is durable once it is in the journal ([`super::journal`]: one write and one
+//! `fdatasync` of a preallocated file per group commit) or once sled itself has synced it.
+//! [`SledSink::sync`] writes the journal. A thread of its own (`audit-checkpoint`) switches
+//! the journal's two logs every 512 KiB or 0.5 s and syncs sled while commits go on, which
+//! frees the old log. When sled cannot be synced, every later sync retries it first and fails
+//! while it fails: a store sled cannot write to refuses requests, even though the journal
+//! could still take them. A batch larger than a log can hold is made durable by syncing sled
+//! on the spot.
+//!
+//! Syncing sled: sled 0.34's `flush` writes its log with `sync_file_range` on Linux, which
+//! persists neither the file's metadata (the size of an appended log) nor the device's write
+//! cache, and it does not sync the separate files it writes large pages to (`blobs/`). So a
+//! checkpoint follows the flush with `fdatasync` of the log file `db`, and `fsync` of blob
+//! files created since the last one and of their directory: durable against power loss, not
 //! only against a crash of the process.
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
+use super::journal::{Journal, Other, Pending};
 use super::{Audit, AuditError, Retention};
 
 /// The records of one store, in sequence order, each as `(seq, stored value)`.
@@ -37,13 +47,64 @@ pub trait Sink: Send + Sync + fmt::Debug {
     fn scan(&self, from: u64) -> Scan<'_>;
     /// Removes record `seq` (absent is fine). Used by pruning only.
     fn remove(&self, seq: u64) -> Result<(), AuditError>;
+    /// Like `sync`, and makes everything durable in the store itself rather than in a
+    /// journal in front of it (see [`SledSink`]).
+    fn checkpoint(&self) -> Result<(), AuditError> {
+        self.sync()
+    }
+    /// Makes everything durable and lets go of what the sink holds exclusively (the
+    /// journal); later syncs fail. Called once nothing more is appended.
+    fn close(&self) {}
 }
 
-/// The audit tree of a sled database, and the database's files for `fsync`.
+/// The audit tree of a sled database, the database's files for `fsync`, and (for the gate)
+/// the journal.
 #[derive(Clone)]
 pub struct SledSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     tree: sled::Tree,
-    files: Arc<Files>,
+    files: Files,
+    journal: Option<Journaled>,
+}
+
+/// The journal and the records put since its last write.
+struct Journaled {
+    /// Held for a whole sync: they run one at a time.
+    state: Mutex<JournalState>,
+    /// Taken by each sync; `put` only appends to it.
+    pending: Mutex<Pending>,
+    /// Wakes the checkpoint thread, and tells it to stop.
+    signal: Arc<Signal>,
+}
+
+struct JournalState {
+    /// `None` once the sink is closed.
+    journal: Option<Journal>,
+    /// Why the last sync of sled failed; while set, syncs retry it first.
+    failing: Option<AuditError>,
+}
+
+/// The checkpoint thread's doorbell.
+#[derive(Default)]
+struct Signal {
+    stop: Mutex<bool>,
+    ring: Condvar,
+}
+
+impl Signal {
+    fn ring(&self) {
+        self.ring.notify_one();
+    }
+}
+
+/// How often the checkpoint thread looks at the journal when nobody rings.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(250);
+
+fn journal_err(e: io::Error) -> AuditError {
+    AuditError::Store(format!("audit journal: {e}"))
 }
 
 /// The sled directory's log file, and what the last blob scan saw.
@@ -57,8 +118,9 @@ struct Files {
 impl fmt::Debug for SledSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledSink")
-            .field("dir", &self.files.dir)
+            .field("dir", &self.inner.files.dir)
             .field("tree", &SledSink::TREE)
+            .field("journal", &self.inner.journal.is_some())
             .finish()
     }
 }
@@ -67,9 +129,82 @@ impl SledSink {
     /// The tree's name.
     pub const TREE: &'static str = "audit";
 
-    /// Opens (or creates) the tree [`SledSink::TREE`] of `db`, which was opened at `dir` (its
-    /// log file `dir/db` is synced on every commit).
+    /// Opens (or creates) the tree [`SledSink::TREE`] of `db`, which was opened at `dir`, and
+    /// the journal in `dir` ([`super::journal::FILES`]): records the journal holds and the
+    /// tree lost in a crash are put back first. The journal is locked while the sink lives;
+    /// a handle being closed is waited for a few seconds. Starts the checkpoint thread.
     pub fn open(db: &sled::Db, dir: &Path) -> Result<SledSink, AuditError> {
+        let mut sink = SledSink::plain(db, dir)?;
+        let journal = sink.recover(true)?.ok_or_else(|| {
+            AuditError::Store(format!(
+                "the audit journal in {} is in use by another audit log of this store",
+                dir.display()
+            ))
+        })?;
+        let inner = Arc::get_mut(&mut sink.inner).ok_or_else(|| {
+            AuditError::Store("the audit store was shared while it was opened".into())
+        })?;
+        let signal = Arc::new(Signal::default());
+        inner.journal = Some(Journaled {
+            state: Mutex::new(JournalState {
+                journal: Some(journal),
+                failing: None,
+            }),
+            pending: Mutex::new(Pending::default()),
+            signal: signal.clone(),
+        });
+        let weak = Arc::downgrade(&sink.inner);
+        std::thread::Builder::new()
+            .name("audit-checkpoint".into())
+            .spawn(move || checkpoints(&weak, &signal))
+            .map_err(|e| AuditError::Store(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(sink)
+    }
+
+    /// For reading a store (the CLI): recovers what the journal holds when no one else has
+    /// it open, then goes on without it (a sync is then sled's own).
+    pub(super) fn open_reader(db: &sled::Db, dir: &Path) -> Result<SledSink, AuditError> {
+        let sink = SledSink::plain(db, dir)?;
+        drop(sink.recover(false)?);
+        Ok(sink)
+    }
+
+    /// Replays the journal into the tree, syncs sled if anything came back, and starts the
+    /// journal over. `Ok(None)`: another handle holds the journal.
+    fn recover(&self, wait: bool) -> Result<Option<Journal>, AuditError> {
+        let last = self.last()?.map_or(0, |(seq, _)| seq);
+        let tree = &self.inner.tree;
+        let opened = Journal::open(&self.inner.files.dir, last, wait, &mut |seq, value| {
+            tree.insert(seq.to_be_bytes(), value)
+                .map(drop)
+                .map_err(io::Error::other)
+        })
+        .map_err(journal_err)?;
+        let Some((mut journal, recovered)) = opened else {
+            return Ok(None);
+        };
+        if recovered.restored > 0 {
+            tracing::warn!(
+                "audit: {} records the store lost in a crash were restored from the journal \
+                 (records {} to {})",
+                recovered.restored,
+                last + 1,
+                recovered.last
+            );
+        }
+        if recovered.entries > 0 {
+            // Also when nothing came back: sled may hold the logs' records without having
+            // synced them, and recycling the logs forgets them.
+            self.inner.sled_sync()?;
+        }
+        journal
+            .recycle_all(recovered.last + 1)
+            .map_err(journal_err)?;
+        Ok(Some(journal))
+    }
+
+    /// The tree, without a journal.
+    fn plain(db: &sled::Db, dir: &Path) -> Result<SledSink, AuditError> {
         let tree = db.open_tree(SledSink::TREE).map_err(write_err)?;
         let io_err = |what: &str, path: &Path, e: io::Error| {
             AuditError::Store(format!("{what} {}: {e}", path.display()))
@@ -80,12 +215,171 @@ impl SledSink {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err("cannot sync", dir, e))?;
-        let files = Arc::new(Files {
+        let files = Files {
             dir: dir.to_path_buf(),
             log,
             blobs: Mutex::new(None),
-        });
-        Ok(SledSink { tree, files })
+        };
+        Ok(SledSink {
+            inner: Arc::new(Inner {
+                tree,
+                files,
+                journal: None,
+            }),
+        })
+    }
+
+    /// Makes what is pending durable (see [`Inner::commit`]); puts it back if that fails.
+    fn sync_journal(&self, j: &Journaled, in_store: bool) -> Result<(), AuditError> {
+        let mut st = super::commit::lock(&j.state);
+        let mut batch = std::mem::take(&mut *super::commit::lock(&j.pending));
+        let done = self.inner.commit(&mut st, &mut batch, in_store);
+        if done.is_err() {
+            super::commit::lock(&j.pending).restore(batch);
+        } else if st.journal.as_ref().is_some_and(Journal::switch_due) {
+            j.signal.ring();
+        }
+        done
+    }
+}
+
+impl Inner {
+    /// sled's flush, then `fdatasync` of its log and `fsync` of new blob files.
+    fn sled_sync(&self) -> Result<(), AuditError> {
+        self.tree.flush().map_err(write_err)?;
+        let synced = self
+            .files
+            .log
+            .sync_data()
+            .and_then(|()| self.files.sync_blobs());
+        synced.map_err(|e| AuditError::Store(format!("fsync: {e}")))
+    }
+
+    /// Makes `batch` (and everything put before it) durable: in the journal; by syncing sled
+    /// when `in_store` is set, when the journal cannot take it, or when the last sync of sled
+    /// failed (which is retried first, and fails the commit while it fails).
+    fn commit(
+        &self,
+        st: &mut JournalState,
+        batch: &mut Pending,
+        in_store: bool,
+    ) -> Result<(), AuditError> {
+        let Some(journal) = st.journal.as_mut() else {
+            // Closing synced everything put before it, and nothing is put after.
+            return if batch.is_empty() {
+                Ok(())
+            } else {
+                Err(AuditError::Closed)
+            };
+        };
+        if st.failing.is_none() && !in_store {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if journal.write(batch).map_err(journal_err)? {
+                return Ok(());
+            }
+        }
+        let through = if batch.is_empty() {
+            journal.next() - 1
+        } else {
+            batch.last
+        };
+        let done = self
+            .sled_sync()
+            .and_then(|()| journal.recycle_all(through + 1).map_err(journal_err));
+        st.failing = done.as_ref().err().cloned();
+        done
+    }
+
+    /// One round of the checkpoint thread: drains the inactive log (switching first when
+    /// the active one is due) by syncing sled, outside the journal's lock.
+    fn checkpoint_round(&self, j: &Journaled) {
+        let through = {
+            let mut st = super::commit::lock(&j.state);
+            let Some(journal) = st.journal.as_mut() else {
+                return;
+            };
+            match journal.other() {
+                Other::Draining(t) => t,
+                Other::Ready if journal.switch_due() => journal.switch(),
+                Other::Ready => return,
+            }
+        };
+        let synced = self.sled_sync();
+        let mut st = super::commit::lock(&j.state);
+        let Some(journal) = st.journal.as_mut() else {
+            return;
+        };
+        let done = synced.and_then(|()| journal.drained(through).map_err(journal_err));
+        match done {
+            Ok(()) => st.failing = None,
+            Err(e) => {
+                if st.failing.is_none() {
+                    tracing::error!("audit: {e}; requests are refused until it succeeds");
+                }
+                st.failing = Some(e);
+            }
+        }
+    }
+}
+
+/// The checkpoint thread: a round when rung or every [`CHECKPOINT_POLL`], until the sink is
+/// dropped.
+fn checkpoints(inner: &std::sync::Weak<Inner>, signal: &Signal) {
+    loop {
+        {
+            let stop = super::commit::lock(&signal.stop);
+            if *stop {
+                return;
+            }
+            let (stop, _) = signal
+                .ring
+                .wait_timeout(stop, CHECKPOINT_POLL)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *stop {
+                return;
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(j) = &inner.journal {
+            inner.checkpoint_round(j);
+        }
+    }
+}
+
+impl Inner {
+    /// Stops the checkpoint thread, syncs sled a last time (so that the next start has
+    /// nothing to recover) and releases the journal. Later syncs fail with
+    /// [`AuditError::Closed`].
+    fn close(&self) {
+        let Some(j) = &self.journal else { return };
+        *super::commit::lock(&j.signal.stop) = true;
+        j.signal.ring();
+        let mut st = super::commit::lock(&j.state);
+        let Some(mut journal) = st.journal.take() else {
+            return;
+        };
+        let pending = std::mem::take(&mut *super::commit::lock(&j.pending));
+        if journal.is_clean() && pending.is_empty() {
+            return;
+        }
+        let next = pending.last.max(journal.next() - 1) + 1;
+        let done = self
+            .sled_sync()
+            .and_then(|()| journal.recycle_all(next).map_err(journal_err));
+        if let Err(e) = done {
+            tracing::warn!(
+                "audit: the last sync of the store failed ({e}); the next start recovers from \
+                 the journal"
+            );
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -153,38 +447,53 @@ fn seq_of(key: &[u8]) -> Result<u64, AuditError> {
 
 impl Sink for SledSink {
     fn put(&self, seq: u64, value: &[u8]) -> Result<(), AuditError> {
-        self.tree
+        self.inner
+            .tree
             .insert(seq.to_be_bytes(), value)
             .map_err(write_err)?;
+        if let Some(j) = &self.inner.journal {
+            super::commit::lock(&j.pending).push(seq, value);
+        }
         Ok(())
     }
 
     fn sync(&self) -> Result<(), AuditError> {
-        self.tree.flush().map_err(write_err)?;
-        let synced = self
-            .files
-            .log
-            .sync_data()
-            .and_then(|()| self.files.sync_blobs());
-        synced.map_err(|e| AuditError::Store(format!("fsync: {e}")))
+        match &self.inner.journal {
+            None => self.inner.sled_sync(),
+            Some(j) => self.sync_journal(j, false),
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), AuditError> {
+        match &self.inner.journal {
+            None => self.inner.sled_sync(),
+            Some(j) => self.sync_journal(j, true),
+        }
+    }
+
+    fn close(&self) {
+        self.inner.close();
     }
 
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
-        match self.tree.last().map_err(read_err)? {
+        match self.inner.tree.last().map_err(read_err)? {
             None => Ok(None),
             Some((k, v)) => Ok(Some((seq_of(&k)?, v.to_vec()))),
         }
     }
 
     fn scan(&self, from: u64) -> Scan<'_> {
-        Box::new(self.tree.range(from.to_be_bytes()..).map(|item| {
+        Box::new(self.inner.tree.range(from.to_be_bytes()..).map(|item| {
             let (k, v) = item.map_err(read_err)?;
             Ok((seq_of(&k)?, v.to_vec()))
         }))
     }
 
     fn remove(&self, seq: u64) -> Result<(), AuditError> {
-        self.tree.remove(seq.to_be_bytes()).map_err(write_err)?;
+        self.inner
+            .tree
+            .remove(seq.to_be_bytes())
+            .map_err(write_err)?;
         Ok(())
     }
 }
@@ -207,7 +516,7 @@ pub(super) fn open_path(path: &Path) -> Result<SledSink, AuditError> {
         });
     }
     match crate::store::try_open(path) {
-        Ok(db) => SledSink::open(&db, path),
+        Ok(db) => SledSink::open_reader(&db, path),
         Err(e) if crate::store::is_lock_contention(&e) => Err(AuditError::Locked {
             path: path.to_path_buf(),
         }),

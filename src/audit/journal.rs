@@ -1,0 +1,640 @@
+//! The audit journal: the records of the audit tree, written once more to preallocated files
+//! of the gate's own (`audit.journal.a` and `.b`, beside sled's files), so that a group commit
+//! costs one device round trip instead of two, and sled is synced in the background.
+//!
+//! # Why
+//! Making a sled insert durable takes sled's `flush` (`sync_file_range`: write and wait), then
+//! `fdatasync` of its log (the device's cache and the log's size): two round trips, about
+//! 0.2 ms on the VM disk this was measured on. Overwriting blocks of a file that are already
+//! allocated and written, then `fdatasync`, needs no journal commit of the filesystem (no size
+//! or extent change): one round trip, about 0.1 ms there (`cargo bench --bench allow_path`,
+//! "parts alone"; BENCHMARKS.md, *Allow path with audit*).
+//!
+//! # Two logs
+//! Each file is a log: a header, then entries from [`HEADER`]. One log is *active*: group
+//! commits append to it. When it is [`DUE_BYTES`] full or [`DUE_AGE`] old, a checkpoint
+//! *switches*: the other log (empty) becomes active, and the old one *drains*: once sled has
+//! synced every record put so far (on the checkpoint thread, while commits go on), it is
+//! *recycled* (a new header) and is ready for the next switch. A log that outgrows [`MAX`]
+//! before the other is ready is made durable by syncing sled on the spot (the slow path).
+//!
+//! # Format
+//! ```text
+//! header (HEADER bytes): MAGIC, u32_le(pass), sha256(the 12 bytes before)[..8], zeros
+//! entry:                 u64_le(seq) u32_le(pass) u32_le(len) value[len]   // value as in the tree
+//! ```
+//! `pass` changes each time a log is recycled. A file is filled with zeros when created or
+//! grown, so later writes overwrite allocated blocks. Whatever lies past the last entry of a
+//! pass (zeros, or entries of earlier passes, which carry another `pass`) is not a valid next
+//! entry, so a reader stops there. An entry is valid when it belongs to the pass, its `seq`
+//! follows the previous entry's, it fits in the file, and its value holds together on its own
+//! (the value is `sha256(body) ++ body`, the record's hash in front of it, so a torn write
+//! fails the hash).
+//!
+//! # Recovery
+//! At open, the entries of both logs with a sequence number above sled's last record are
+//! inserted into the tree in order (sled recovers a prefix of what was inserted into it, so
+//! what it lost is a run at the end). They must continue the store without a gap: a journal
+//! that starts past the store's end means the store lost records it had synced, and the log
+//! does not open. Then sled is synced and both logs are recycled. Opening the log checks the
+//! tail's chain as usual.
+//!
+//! One handle at a time: sled's own lock on its directory keeps other processes out, and a
+//! registry keeps a second journal of the same directory in this process from opening (see
+//! [`Claim`]).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::HASH_LEN;
+
+/// The journal's file names, in sled's directory.
+pub const FILES: [&str; 2] = ["audit.journal.a", "audit.journal.b"];
+
+const MAGIC: &[u8; 8] = b"AGJRNL02";
+/// Bytes before the first entry.
+const HEADER: u64 = 4096;
+/// Bytes of the header that are read.
+const HEADER_USED: usize = 20;
+/// Bytes in front of each value: `u64_le(seq) u32_le(pass) u32_le(len)`.
+const ENTRY_HEAD: usize = 16;
+/// The size a log is created with.
+const INITIAL: u64 = 1 << 20;
+/// The most a log grows to; a batch that does not fit then is made durable by syncing sled.
+const MAX: u64 = 32 << 20;
+/// A switch is due once the active log holds this much, or holds anything and is this old.
+/// The age bounds how long a store sled cannot write to goes unnoticed (and how much the
+/// journal holds that sled has not synced).
+const DUE_BYTES: u64 = 512 << 10;
+const DUE_AGE: Duration = Duration::from_millis(500);
+/// How long opening waits for a journal locked by a handle that is being closed.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Records put since the last write, each as its sequence number and value. The pass is
+/// filled in when the batch is written.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    buf: Vec<u8>,
+    /// Where each entry starts in `buf`.
+    starts: Vec<usize>,
+    /// The sequence number of the last entry (meaningful when not empty).
+    pub(super) last: u64,
+}
+
+impl Pending {
+    pub(super) fn push(&mut self, seq: u64, value: &[u8]) {
+        self.starts.push(self.buf.len());
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(&[0; 4]);
+        // Values are far below 4 GiB (records are cut to a few hundred KiB at most).
+        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(value);
+        self.last = seq;
+    }
+
+    /// Puts `earlier` (entries that could not be written) back in front of what came since.
+    pub(super) fn restore(&mut self, mut earlier: Pending) {
+        if earlier.buf.is_empty() {
+            return;
+        }
+        if !self.buf.is_empty() {
+            let shift = earlier.buf.len();
+            earlier.buf.extend_from_slice(&self.buf);
+            earlier.starts.extend(self.starts.iter().map(|s| s + shift));
+            earlier.last = self.last;
+        }
+        *self = earlier;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn stamp(&mut self, pass: u32) {
+        for &s in &self.starts {
+            self.buf[s + 8..s + 12].copy_from_slice(&pass.to_le_bytes());
+        }
+    }
+}
+
+/// One file of the journal.
+#[derive(Debug)]
+struct Log {
+    path: PathBuf,
+    file: File,
+    /// The file's length: everything up to it has been written (zeros at least).
+    len: u64,
+    /// Where the next entry goes.
+    offset: u64,
+    pass: u32,
+    /// When the first entry of the pass was written.
+    since: Option<Instant>,
+}
+
+/// What the inactive log is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Other {
+    /// Empty, with a fresh pass: the next switch makes it active.
+    Ready,
+    /// Holds records up to this sequence number, which sled has not been seen to sync.
+    Draining(u64),
+}
+
+/// An open journal, the only one of its directory in this process.
+#[derive(Debug)]
+pub(super) struct Journal {
+    _claim: Claim,
+    logs: [Log; 2],
+    active: usize,
+    other: Other,
+    /// The sequence number after the last one written.
+    next: u64,
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Recovered {
+    /// Valid entries found in the logs, restored or not.
+    pub(super) entries: u64,
+    /// Records given to `restore` (above the store's last record).
+    pub(super) restored: u64,
+    /// The last of them (the store's last record when none).
+    pub(super) last: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, and passes every valid entry with a sequence
+    /// number above `last` (the store's last record, 0 for none) to `restore`, in order. The
+    /// caller then makes the restored records durable and calls [`Journal::recycle_all`]
+    /// before writing. `Ok(None)` when another handle holds the lock.
+    pub(super) fn open(
+        dir: &Path,
+        last: u64,
+        wait: bool,
+        restore: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<Option<(Journal, Recovered)>> {
+        let Some(claim) = Claim::take(dir, wait) else {
+            return Ok(None);
+        };
+        let a = open_file(&dir.join(FILES[0]))?;
+        let b = open_file(&dir.join(FILES[1]))?;
+        let mut logs = [
+            Log::load(dir.join(FILES[0]), a)?,
+            Log::load(dir.join(FILES[1]), b)?,
+        ];
+        let mut found: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut entries = 0;
+        for log in &logs {
+            log.read(&mut |seq, value| {
+                entries += 1;
+                if seq > last {
+                    found.insert(seq, value.to_vec());
+                }
+            })?;
+        }
+        let mut recovered = Recovered {
+            entries,
+            restored: 0,
+            last,
+        };
+        for (seq, value) in &found {
+            if *seq != recovered.last + 1 {
+                return Err(damaged(
+                    &logs[0].path,
+                    &format!(
+                        "it holds record {seq}, but the store ends at record {}: records {} to \
+                         {} are missing",
+                        recovered.last,
+                        recovered.last + 1,
+                        seq - 1
+                    ),
+                ));
+            }
+            restore(*seq, value)?;
+            recovered.restored += 1;
+            recovered.last = *seq;
+        }
+        for log in &mut logs {
+            if log.len < INITIAL {
+                log.grow_to(INITIAL)?;
+            }
+        }
+        if found.is_empty() && logs.iter().all(|l| l.pass == 0) {
+            // New files: their directory entries.
+            File::open(dir)?.sync_all()?;
+        }
+        let journal = Journal {
+            _claim: claim,
+            logs,
+            active: 0,
+            other: Other::Draining(recovered.last),
+            next: recovered.last + 1,
+        };
+        Ok(Some((journal, recovered)))
+    }
+
+    /// Starts both logs over, after everything before `next` was made durable elsewhere
+    /// (sled synced).
+    pub(super) fn recycle_all(&mut self, next: u64) -> io::Result<()> {
+        for log in &mut self.logs {
+            log.recycle()?;
+        }
+        self.active = 0;
+        self.other = Other::Ready;
+        self.next = next;
+        Ok(())
+    }
+
+    /// The sequence number after the last one written (or covered by a sync of sled).
+    pub(super) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Writes `batch` (entries `self.next ..= batch.last`) to the active log and syncs it.
+    /// `Ok(false)`: it does not fit even grown to [`MAX`]; nothing was written (sync sled,
+    /// then [`Journal::recycle_all`]).
+    pub(super) fn write(&mut self, batch: &mut Pending) -> io::Result<bool> {
+        let log = &mut self.logs[self.active];
+        let end = log.offset + batch.buf.len() as u64;
+        if end > log.len {
+            if end > MAX {
+                return Ok(false);
+            }
+            log.grow_to(end.next_power_of_two().clamp(INITIAL, MAX))?;
+        }
+        batch.stamp(log.pass);
+        log.file.write_all_at(&batch.buf, log.offset)?;
+        log.file.sync_data()?;
+        log.offset = end;
+        log.since.get_or_insert_with(Instant::now);
+        self.next = batch.last + 1;
+        Ok(true)
+    }
+
+    /// What the inactive log is doing.
+    pub(super) fn other(&self) -> Other {
+        self.other
+    }
+
+    /// Whether the active log should be switched out (it is big or old, and the other is
+    /// ready).
+    pub(super) fn switch_due(&self) -> bool {
+        let log = &self.logs[self.active];
+        self.other == Other::Ready
+            && (log.offset - HEADER >= DUE_BYTES
+                || log.since.is_some_and(|t| t.elapsed() >= DUE_AGE))
+    }
+
+    /// Makes the ready log active; the old one drains. Returns the last sequence number it
+    /// holds: a sync of sled that starts after this call covers it.
+    pub(super) fn switch(&mut self) -> u64 {
+        let through = self.next - 1;
+        self.active = 1 - self.active;
+        self.other = Other::Draining(through);
+        through
+    }
+
+    /// Sled has synced every record up to `through`: the draining log, if that covers it,
+    /// is recycled.
+    pub(super) fn drained(&mut self, through: u64) -> io::Result<()> {
+        if let Other::Draining(t) = self.other {
+            if t <= through {
+                self.logs[1 - self.active].recycle()?;
+                self.other = Other::Ready;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is written that sled may not have synced.
+    pub(super) fn is_clean(&self) -> bool {
+        self.other == Other::Ready && self.logs[self.active].offset == HEADER
+    }
+}
+
+impl Log {
+    /// Reads the header of `file`: an all-zero or missing header is an empty log (a new file,
+    /// or one whose creator died before writing the header, so before any entry).
+    fn load(path: PathBuf, file: File) -> io::Result<Log> {
+        let len = file.metadata()?.len();
+        let mut head = [0u8; HEADER_USED];
+        let got = if len >= HEADER_USED as u64 {
+            file.read_exact_at(&mut head, 0)?;
+            true
+        } else {
+            false
+        };
+        let pass = if !got || head.iter().all(|&b| b == 0) {
+            0
+        } else {
+            parse_header(&head).ok_or_else(|| {
+                damaged(
+                    &path,
+                    "its header is damaged, so the records in it cannot be trusted",
+                )
+            })?
+        };
+        Ok(Log {
+            path,
+            file,
+            len,
+            offset: HEADER,
+            pass,
+            since: None,
+        })
+    }
+
+    /// Calls `each` with the entries of the current pass, in order.
+    fn read(&self, each: &mut dyn FnMut(u64, &[u8])) -> io::Result<()> {
+        if self.pass == 0 || self.len <= HEADER {
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut &self.file, &mut data)?;
+        let mut at = usize::try_from(HEADER).unwrap_or(usize::MAX);
+        let mut prev: Option<u64> = None;
+        while let Some((seq, value, end)) = entry_at(&data, at, self.pass) {
+            if prev.is_some_and(|p| seq != p + 1) {
+                break;
+            }
+            each(seq, value);
+            prev = Some(seq);
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// A new pass: what the log held no longer counts.
+    fn recycle(&mut self) -> io::Result<()> {
+        let pass = match self.pass.wrapping_add(1) {
+            0 => 1,
+            p => p,
+        };
+        let mut h = [0u8; HEADER_USED];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&pass.to_le_bytes());
+        let check = Sha256::digest(&h[..12]);
+        h[12..].copy_from_slice(&check[..8]);
+        self.file.write_all_at(&h, 0)?;
+        self.file.sync_data()?;
+        self.pass = pass;
+        self.offset = HEADER;
+        self.since = None;
+        Ok(())
+    }
+
+    /// Extends the file with zeros to `to` bytes and syncs it, so that later writes overwrite
+    /// allocated blocks (no extent or size change to commit).
+    fn grow_to(&mut self, to: u64) -> io::Result<()> {
+        const CHUNK: usize = 256 << 10;
+        let zeros = vec![0u8; CHUNK];
+        let mut at = self.len;
+        while at < to {
+            let n = usize::try_from(to - at).unwrap_or(CHUNK).min(CHUNK);
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()?;
+        self.len = to;
+        Ok(())
+    }
+}
+
+fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// The pass of a sound header.
+fn parse_header(h: &[u8; HEADER_USED]) -> Option<u32> {
+    if &h[..8] != MAGIC || Sha256::digest(&h[..12])[..8] != h[12..] {
+        return None;
+    }
+    let pass = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    (pass != 0).then_some(pass)
+}
+
+/// The entry of pass `pass` at `at`, if one holds together there: `(seq, value, end)`.
+fn entry_at(data: &[u8], at: usize, pass: u32) -> Option<(u64, &[u8], usize)> {
+    let head = data.get(at..at.checked_add(ENTRY_HEAD)?)?;
+    let seq = u64::from_le_bytes(head[..8].try_into().ok()?);
+    if u32::from_le_bytes(head[8..12].try_into().ok()?) != pass {
+        return None;
+    }
+    let len = usize::try_from(u32::from_le_bytes(head[12..16].try_into().ok()?)).ok()?;
+    let start = at + ENTRY_HEAD;
+    let end = start.checked_add(len)?;
+    let value = data.get(start..end)?;
+    if value.len() <= HASH_LEN
+        || Sha256::digest(&value[HASH_LEN..]).as_slice() != &value[..HASH_LEN]
+    {
+        return None;
+    }
+    Some((seq, value, end))
+}
+
+fn damaged(path: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the audit journal {} is damaged: {why}. Check the log with `agentgate audit \
+             verify`; if the gate last stopped cleanly the journal holds nothing the store \
+             lacks, and moving its files aside lets the gate start",
+            path.display()
+        ),
+    )
+}
+
+/// The directories whose journal is open in this process.
+static OPEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// This process's claim on a directory's journal, given up when dropped. (Other processes are
+/// kept out by sled's lock on the directory, taken before a journal is opened.)
+#[derive(Debug)]
+struct Claim(PathBuf);
+
+impl Claim {
+    /// Claims `dir`; when `wait` is set, waits up to [`LOCK_WAIT`] for a handle being closed.
+    fn take(dir: &Path, wait: bool) -> Option<Claim> {
+        let deadline = Instant::now() + if wait { LOCK_WAIT } else { Duration::ZERO };
+        loop {
+            {
+                let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+                if !open.iter().any(|d| d == dir) {
+                    open.push(dir.to_path_buf());
+                    return Some(Claim(dir.to_path_buf()));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|d| d != &self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(seq: u64) -> Vec<u8> {
+        let body = format!("{{\"seq\":{seq},\"kind\":\"outcome\"}}").into_bytes();
+        let mut v = Sha256::digest(&body).to_vec();
+        v.extend_from_slice(&body);
+        v
+    }
+
+    /// Opens the journal as the store does: restores, then starts over.
+    fn open(dir: &Path, last: u64) -> (Journal, Vec<u64>) {
+        let mut got = Vec::new();
+        let (mut j, r) = Journal::open(dir, last, false, &mut |seq, v| {
+            assert_eq!(v, value(seq));
+            got.push(seq);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.restored as usize, got.len());
+        j.recycle_all(r.last + 1).unwrap();
+        (j, got)
+    }
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Pending {
+        let mut p = Pending::default();
+        for s in seqs {
+            p.push(s, &value(s));
+        }
+        p
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("agentgate-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn entries_above_the_store_are_restored_in_order_from_both_logs() {
+        let dir = tempdir("restore");
+        let (mut j, got) = open(&dir, 4);
+        assert!(got.is_empty());
+        assert!(j.write(&mut batch(5..=7)).unwrap());
+        // A switch whose drain never finished: the old log still counts.
+        assert_eq!(j.switch(), 7);
+        assert!(j.write(&mut batch(8..=9)).unwrap());
+        drop(j);
+        // The store kept up to 6: 7, 8 and 9 come back.
+        let (_, got) = open(&dir, 6);
+        assert_eq!(got, vec![7, 8, 9]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_drained_log_is_recycled_and_no_longer_counts() {
+        let dir = tempdir("drained");
+        let (mut j, _) = open(&dir, 0);
+        assert!(j.write(&mut batch(1..=3)).unwrap());
+        assert_eq!(j.switch(), 3);
+        assert!(j.write(&mut batch(4..=5)).unwrap());
+        assert_eq!(j.other(), Other::Draining(3));
+        j.drained(3).unwrap();
+        assert_eq!(j.other(), Other::Ready);
+        drop(j);
+        // Only 4 and 5 are read back (the store is said to have nothing: a gap).
+        let err = Journal::open(&dir, 0, false, &mut |_, _| Ok(())).unwrap_err();
+        assert!(
+            err.to_string().contains("records 1 to 3 are missing"),
+            "{err}"
+        );
+        let (_, got) = open(&dir, 3);
+        assert_eq!(got, vec![4, 5]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_entry_ends_the_log_and_older_passes_are_ignored() {
+        let dir = tempdir("torn");
+        let (mut j, _) = open(&dir, 0);
+        assert!(j.write(&mut batch(1..=20)).unwrap());
+        // Recycled: a shorter pass over the older one.
+        j.recycle_all(21).unwrap();
+        assert!(j.write(&mut batch(21..=22)).unwrap());
+        let torn_at = j.logs[j.active].offset;
+        assert!(j.write(&mut batch(23..=23)).unwrap());
+        // The last entry's value loses a byte on the way to the disk.
+        j.logs[j.active]
+            .file
+            .write_all_at(b"X", torn_at + 40)
+            .unwrap();
+        drop(j);
+        let (_, got) = open(&dir, 20);
+        assert_eq!(got, vec![21, 22]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_header_is_an_error() {
+        let dir = tempdir("header");
+        let (j, _) = open(&dir, 0);
+        j.logs[1].file.write_all_at(b"junk", 0).unwrap();
+        drop(j);
+        let err = Journal::open(&dir, 0, false, &mut |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("header is damaged"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_beyond_the_largest_size_is_refused_unwritten() {
+        let dir = tempdir("full");
+        let (mut j, _) = open(&dir, 0);
+        let mut big = Pending::default();
+        let v = vec![7u8; 1 << 20];
+        for s in 1..=33 {
+            big.push(s, &v);
+        }
+        assert!(!j.write(&mut big).unwrap());
+        assert!(j.is_clean());
+        assert!(j.write(&mut batch(1..=3)).unwrap());
+        assert_eq!(j.next(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_handle_at_a_time() {
+        let dir = tempdir("lock");
+        let (j, _) = open(&dir, 0);
+        assert!(
+            Journal::open(&dir, 0, false, &mut |_, _| Ok(()))
+                .unwrap()
+                .is_none()
+        );
+        drop(j);
+        assert!(
+            Journal::open(&dir, 0, false, &mut |_, _| Ok(()))
+                .unwrap()
+                .is_some()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
