@@ -24,7 +24,9 @@
 //! entry:                 u64_le(seq) u32_le(pass) u32_le(len) value[len]   // value as in the tree
 //! ```
 //! `pass` changes each time a log is recycled. A file is filled with zeros when created or
-//! grown, so later writes overwrite allocated blocks. Whatever lies past the last entry of a
+//! grown, so later writes overwrite allocated blocks. Each group commit's entries are written
+//! as whole pages (zeros after the last entry, up to a 4 KiB boundary), so the next batch
+//! starts on a page boundary. Whatever lies past the last entry of a
 //! pass (zeros, or entries of earlier passes, which carry another `pass`) is not a valid next
 //! entry, so a reader stops there. An entry is valid when it belongs to the pass, its `seq`
 //! follows the previous entry's, it fits in the file, and its value holds together on its own
@@ -59,8 +61,10 @@ use super::HASH_LEN;
 pub const FILES: [&str; 2] = ["audit.journal.a", "audit.journal.b"];
 
 const MAGIC: &[u8; 8] = b"AGJRNL02";
+/// The unit of writing: each batch is written as whole pages (see [`Journal::write`]).
+const PAGE: usize = 4096;
 /// Bytes before the first entry.
-const HEADER: u64 = 4096;
+const HEADER: u64 = PAGE as u64;
 /// Bytes of the header that are read.
 const HEADER_USED: usize = 20;
 /// Bytes in front of each value: `u64_le(seq) u32_le(pass) u32_le(len)`.
@@ -263,7 +267,7 @@ impl Journal {
     /// then [`Journal::recycle_all`]).
     pub(super) fn write(&mut self, batch: &mut Pending) -> io::Result<bool> {
         let log = &mut self.logs[self.active];
-        let end = log.offset + batch.buf.len() as u64;
+        let end = log.offset + padded(batch.buf.len()) as u64;
         if end > log.len {
             if end > MAX {
                 return Ok(false);
@@ -271,8 +275,16 @@ impl Journal {
             log.grow_to(end.next_power_of_two().clamp(INITIAL, MAX))?;
         }
         batch.stamp(log.pass);
-        log.file.write_all_at(&batch.buf, log.offset)?;
-        log.file.sync_data()?;
+        // Whole pages only: no page is read back to be modified, and each write dirties
+        // exactly the pages it covers.
+        let used = batch.buf.len();
+        batch.buf.resize(padded(used), 0);
+        let written = log
+            .file
+            .write_all_at(&batch.buf, log.offset)
+            .and_then(|()| log.file.sync_data());
+        batch.buf.truncate(used);
+        written?;
         log.offset = end;
         log.since.get_or_insert_with(Instant::now);
         self.next = batch.last + 1;
@@ -361,7 +373,13 @@ impl Log {
         io::Read::read_to_end(&mut &self.file, &mut data)?;
         let mut at = usize::try_from(HEADER).unwrap_or(usize::MAX);
         let mut prev: Option<u64> = None;
-        while let Some((seq, value, end)) = entry_at(&data, at, self.pass) {
+        loop {
+            // A batch ends with zeros up to a page boundary; the next one starts there.
+            let Some((seq, value, end)) =
+                entry_at(&data, at, self.pass).or_else(|| entry_at(&data, padded(at), self.pass))
+            else {
+                break;
+            };
             if prev.is_some_and(|p| seq != p + 1) {
                 break;
             }
@@ -394,7 +412,10 @@ impl Log {
     /// Extends the file with zeros to `to` bytes and syncs it, so that later writes overwrite
     /// allocated blocks (no extent or size change to commit).
     fn grow_to(&mut self, to: u64) -> io::Result<()> {
-        const CHUNK: usize = 256 << 10;
+        // Page by page: a file written in large pieces gets large page-cache folios, and a
+        // small write into one then dirties (and `fdatasync` writes out) the whole folio,
+        // up to hundreds of KiB for each commit.
+        const CHUNK: usize = PAGE;
         let zeros = vec![0u8; CHUNK];
         let mut at = self.len;
         while at < to {
@@ -406,6 +427,11 @@ impl Log {
         self.len = to;
         Ok(())
     }
+}
+
+/// `n` rounded up to a whole number of pages.
+fn padded(n: usize) -> usize {
+    n.div_ceil(PAGE) * PAGE
 }
 
 fn open_file(path: &Path) -> io::Result<File> {
