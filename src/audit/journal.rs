@@ -373,13 +373,10 @@ impl Log {
         io::Read::read_to_end(&mut &self.file, &mut data)?;
         let mut at = usize::try_from(HEADER).unwrap_or(usize::MAX);
         let mut prev: Option<u64> = None;
-        loop {
-            // A batch ends with zeros up to a page boundary; the next one starts there.
-            let Some((seq, value, end)) =
-                entry_at(&data, at, self.pass).or_else(|| entry_at(&data, padded(at), self.pass))
-            else {
-                break;
-            };
+        // A batch ends with zeros up to a page boundary; the next one starts there.
+        while let Some((seq, value, end)) =
+            entry_at(&data, at, self.pass).or_else(|| entry_at(&data, padded(at), self.pass))
+        {
             if prev.is_some_and(|p| seq != p + 1) {
                 break;
             }
