@@ -70,14 +70,17 @@ const HEADER_USED: usize = 20;
 /// Bytes in front of each value: `u64_le(seq) u32_le(pass) u32_le(len)`.
 const ENTRY_HEAD: usize = 16;
 /// The size a log is created with.
-const INITIAL: u64 = 1 << 20;
+const INITIAL: u64 = 256 << 10;
 /// The most a log grows to; a batch that does not fit then is made durable by syncing sled.
 const MAX: u64 = 32 << 20;
 /// A switch is due once the active log holds this much, or holds anything and is this old.
 /// The age bounds how long a store sled cannot write to goes unnoticed (and how much the
-/// journal holds that sled has not synced).
-const DUE_BYTES: u64 = 512 << 10;
-const DUE_AGE: Duration = Duration::from_millis(500);
+/// journal holds that sled has not synced). Small and frequent: sled's writes compete with
+/// the journal's for the disk, and on the VM disk measured (BENCHMARKS.md, *Allow path with
+/// audit*) a sync of sled every 0.5 s stalled some commits for tens of milliseconds, while
+/// one every 50 ms did not.
+const DUE_BYTES: u64 = 64 << 10;
+const DUE_AGE: Duration = Duration::from_millis(50);
 /// How long opening waits for a journal locked by a handle that is being closed.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 

@@ -82,7 +82,7 @@
 //! In the gate, a sync writes the records appended since the last one to the store's journal
 //! (`audit.journal.a`/`.b` beside sled's files: one write and one `fdatasync` of a
 //! preallocated file, a single device round trip), and a thread of the store syncs sled itself
-//! in the background every 512 KiB or half second, after which the journal's space is reused.
+//! in the background every 64 KiB or 50 ms, after which the journal's space is reused.
 //! Opening the log puts back into the tree whatever the journal holds that sled lost in a
 //! crash. See `journal` (the format and recovery) and [`SledSink`].
 //! [`Audit::close`] (the gate's shutdown) syncs sled a last time and releases the journal.

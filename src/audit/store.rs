@@ -5,7 +5,7 @@
 //! A record is durable once it is in the journal ([`super::journal`]: one write and one
 //! `fdatasync` of a preallocated file per group commit) or once sled itself has synced it.
 //! [`SledSink::sync`] writes the journal. A thread of its own (`audit-checkpoint`) switches
-//! the journal's two logs every 512 KiB or 0.5 s and syncs sled while commits go on, which
+//! the journal's two logs every 64 KiB or 50 ms and syncs sled while commits go on, which
 //! frees the old log. When sled cannot be synced, every later sync retries it first and fails
 //! while it fails: a store sled cannot write to refuses requests, even though the journal
 //! could still take them. A batch larger than a log can hold is made durable by syncing sled
@@ -101,7 +101,7 @@ impl Signal {
 }
 
 /// How often the checkpoint thread looks at the journal when nobody rings.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(250);
+const CHECKPOINT_POLL: Duration = Duration::from_millis(25);
 
 fn journal_err(e: io::Error) -> AuditError {
     AuditError::Store(format!("audit journal: {e}"))
