@@ -332,7 +332,38 @@ impl Holds {
     /// Creates and stores (durably) a pending challenge expiring one window after `now_ms`.
     /// The [`Waiter`] resolves with its outcome; in hold mode, dropping it while pending marks
     /// the challenge abandoned. Over a bound: [`HoldError::TooMany`] (nothing is stored).
+    /// Blocks until the store has synced; async callers use [`Holds::create_async`].
     pub fn create(&self, c: NewChallenge, now_ms: i64) -> Result<(Challenge, Waiter), HoldError> {
+        let (challenge, ticket) = self.reserve(c, now_ms)?;
+        let stored = self.inner.backing.sync(ticket);
+        self.publish(challenge, stored)
+    }
+
+    /// [`Holds::create`] for async callers: the task waits for the store's sync, no thread
+    /// does (ten thousand requests held at once would otherwise each take one of the blocking
+    /// pool's threads while their challenge is written).
+    pub async fn create_async(
+        &self,
+        c: NewChallenge,
+        now_ms: i64,
+    ) -> Result<(Challenge, Waiter), HoldError> {
+        let (challenge, ticket) = self.reserve(c, now_ms)?;
+        // Dropped while waiting (the caller's task cancelled): the place is given back. The
+        // stored challenge stays pending, with no waiter; the next start marks it
+        // interrupted.
+        let mut place = Place {
+            holds: self,
+            agent: Some(challenge.agent.clone()),
+        };
+        let stored = self.inner.backing.sync_async(ticket).await;
+        place.agent = None;
+        drop(place);
+        self.publish(challenge, stored)
+    }
+
+    /// Builds the challenge, takes its place under the bounds and queues its write; returns
+    /// it with the write's ticket.
+    fn reserve(&self, c: NewChallenge, now_ms: i64) -> Result<(Challenge, u64), HoldError> {
         let inner = &self.inner;
         let window_ms = i64::try_from(inner.window.as_millis()).unwrap_or(i64::MAX);
         let challenge = Challenge {
@@ -370,10 +401,23 @@ impl Holds {
             ix.pending += 1;
             *ix.per_agent.entry(challenge.agent.clone()).or_insert(0) += 1;
         }
-        let stored = inner
-            .backing
-            .put(&challenge)
-            .and_then(|n| inner.backing.sync(n));
+        match inner.backing.put(&challenge) {
+            Ok(ticket) => Ok((challenge, ticket)),
+            Err(e) => {
+                lock(&inner.index).release(&challenge.agent);
+                Err(e)
+            }
+        }
+    }
+
+    /// Once the challenge is stored (or failed to be: its place is given back), makes it
+    /// visible and returns its waiter.
+    fn publish(
+        &self,
+        challenge: Challenge,
+        stored: Result<(), HoldError>,
+    ) -> Result<(Challenge, Waiter), HoldError> {
+        let inner = &self.inner;
         if let Err(e) = stored {
             lock(&inner.index).release(&challenge.agent);
             return Err(e);
@@ -392,6 +436,7 @@ impl Holds {
                 .insert(challenge.id.clone(), entry.clone());
             inner.emit(EventKind::Created, &challenge);
         }
+        let window_ms = challenge.expires_ms.saturating_sub(challenge.created_ms);
         let left = Duration::from_millis(u64::try_from(window_ms).unwrap_or(0));
         let waiter = Waiter {
             holds: self.inner.clone(),
@@ -691,6 +736,20 @@ impl Holds {
     /// The feed of created / resolved events, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HoldEvent> {
         self.inner.feed.subscribe()
+    }
+}
+
+/// A place under the bounds, given back when dropped while still armed.
+struct Place<'a> {
+    holds: &'a Holds,
+    agent: Option<String>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            lock(&self.holds.inner.index).release(&agent);
+        }
     }
 }
 

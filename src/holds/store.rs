@@ -52,13 +52,26 @@ struct Writer {
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
     state: Mutex<Tickets>,
     /// The writer waits here for records.
     work: Condvar,
     /// Callers wait here for their ticket to be finished.
     done: Condvar,
+    /// `Tickets::finished`, for async callers (no thread blocked per waiting caller).
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            state: Mutex::default(),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            finished: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// Writes are numbered (tickets) in the order they are queued, and written in that order.
@@ -103,6 +116,14 @@ impl Backing {
             return Ok(());
         };
         s.writer.wait(n)
+    }
+
+    /// [`Backing::sync`] without blocking a thread.
+    pub(super) async fn sync_async(&self, n: u64) -> Result<(), HoldError> {
+        let Backing::Sled(s) = self else {
+            return Ok(());
+        };
+        s.writer.wait_async(n).await
     }
 
     pub(super) fn get(&self, id: &str) -> Result<Option<Challenge>, HoldError> {
@@ -221,6 +242,23 @@ impl Writer {
                 .wait(t)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        Writer::outcome(&t, n)
+    }
+
+    /// [`Writer::wait`] for async callers: the task sleeps, no thread does.
+    async fn wait_async(&self, n: u64) -> Result<(), HoldError> {
+        let mut rx = self.queue.finished.subscribe();
+        if rx.wait_for(|f| *f >= n).await.is_err() {
+            // The writer is gone (the store closed): what it finished is in `state`.
+            let t = lock(&self.queue.state);
+            if t.finished < n {
+                return Err(HoldError::Store("the holds store closed".into()));
+            }
+        }
+        Writer::outcome(&lock(&self.queue.state), n)
+    }
+
+    fn outcome(t: &Tickets, n: u64) -> Result<(), HoldError> {
         match t.failures.iter().find(|(a, b, _)| (*a..=*b).contains(&n)) {
             Some((_, _, e)) => Err(HoldError::Store(e.clone())),
             None => Ok(()),
@@ -276,6 +314,7 @@ fn write_loop(queue: &Queue, mut files: Files) {
         }
         drop(t);
         queue.done.notify_all();
+        queue.finished.send_replace(last);
     }
 }
 

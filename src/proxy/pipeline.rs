@@ -321,26 +321,22 @@ async fn settle(
         digest,
         hold,
     };
-    let holds = state.holds.clone();
-    let created = tokio::task::spawn_blocking(move || holds.create(new, crate::decider::now_ms()))
-        .await
-        .map_err(|e| Refusal::Audit(format!("the holds task failed: {e}")));
+    let created = state
+        .holds
+        .create_async(new, crate::decider::now_ms())
+        .await;
     let (challenge, waiter) = match created {
-        Ok(Ok(x)) => x,
-        Ok(Err(crate::holds::HoldError::TooMany { limit, .. })) => {
+        Ok(x) => x,
+        Err(crate::holds::HoldError::TooMany { limit, .. }) => {
             let _ = reply.send(Err(Refusal::TooManyHeld(format!(
                 "too many requests are waiting for a reviewer (limit {limit}); retry later"
             ))));
             return;
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let _ = reply.send(Err(Refusal::Audit(format!(
                 "the step-up could not be stored: {e}"
             ))));
-            return;
-        }
-        Err(refusal) => {
-            let _ = reply.send(Err(refusal));
             return;
         }
     };
