@@ -135,9 +135,11 @@ async fn run(
         }
     }
     let decided = std::time::Instant::now();
-    let result = forward(
+    // Boxed: the forward's state is the largest part of this future, which a connection
+    // keeps allocated at its full size for as long as a request is in it (held step-ups).
+    let result = Box::pin(forward(
         state, origin, parts, body, path, &actions, provider, credential,
-    )
+    ))
     .await;
     record_outcome(state, rid, seq, decided, &result);
     result
@@ -493,9 +495,10 @@ async fn approved(
         provider,
         credential,
     } = held;
-    let result = forward(
+    // Boxed, as in `run`: this task lives for the whole hold.
+    let result = Box::pin(forward(
         state, origin, parts, body, path, &actions, provider, credential,
-    )
+    ))
     .await;
     record_outcome(state, rid, seq, decided, &result);
     let mut resp = result?;
