@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 static OPEN: OnceLock<Mutex<HashMap<PathBuf, sled::Db>>> = OnceLock::new();
 
@@ -73,6 +73,106 @@ pub fn is_lock_contention(e: &sled::Error) -> bool {
                 || io.to_string().contains("could not acquire lock")
         }
         _ => false,
+    }
+}
+
+/// Makes what was inserted into a sled database durable against power loss, for the stores
+/// that promise it (the audit log, the holds).
+///
+/// sled 0.34's `flush` writes its log with `sync_file_range` on Linux, which persists neither
+/// the file's metadata (the size of an appended log) nor the device's write cache, and it does
+/// not sync the separate files it writes large values to (`blobs/`). [`Durable::sync`] follows
+/// the flush with `fdatasync` of the log file `db`, and `fsync` of the blob files written since
+/// the last sync and of their directory.
+#[derive(Debug)]
+pub struct Durable {
+    dir: PathBuf,
+    log: std::fs::File,
+    /// The `blobs/` directory's mtime at the last scan, and when that scan began.
+    blobs: Mutex<Option<(SystemTime, SystemTime)>>,
+}
+
+/// Why [`Durable::sync`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Flush(#[from] sled::Error),
+    #[error("fsync: {0}")]
+    Fsync(#[from] std::io::Error),
+}
+
+/// How far back a blob scan looks past the previous one (timestamp granularity and skew).
+const BLOB_MARGIN: Duration = Duration::from_secs(2);
+
+impl Durable {
+    /// For the database opened at `dir`: opens its log file and syncs the directory (the log's
+    /// entry in it) once.
+    pub fn open(dir: &Path) -> Result<Durable, String> {
+        let log_path = dir.join("db");
+        let log = std::fs::File::open(&log_path)
+            .map_err(|e| format!("cannot open the log {}: {e}", log_path.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+        Ok(Durable {
+            dir: dir.to_path_buf(),
+            log,
+            blobs: Mutex::new(None),
+        })
+    }
+
+    /// The database's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Flushes `tree`'s database, then syncs its files (see the type's doc).
+    pub fn sync(&self, tree: &sled::Tree) -> Result<(), SyncError> {
+        tree.flush()?;
+        self.log.sync_data()?;
+        self.sync_blobs()?;
+        Ok(())
+    }
+
+    /// `fsync`s the blob files written since the last scan, and their directory. The
+    /// directory's mtime says whether anything was added; a recent mtime is rescanned anyway,
+    /// since two files created within one timestamp tick leave the same mtime.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        use std::io::ErrorKind::NotFound;
+        let dir = self.dir.join("blobs");
+        let mtime = match std::fs::metadata(&dir).and_then(|m| m.modified()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut seen = self.blobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = SystemTime::now();
+        let recent = now.duration_since(mtime).unwrap_or_default() < BLOB_MARGIN;
+        if let Some((m, _)) = *seen {
+            if m == mtime && !recent {
+                return Ok(());
+            }
+        }
+        let since = seen.map_or(SystemTime::UNIX_EPOCH, |(_, at)| {
+            at.checked_sub(BLOB_MARGIN)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let synced = std::fs::File::open(&path).and_then(|f| {
+                if f.metadata()?.modified()? >= since {
+                    f.sync_all()?;
+                }
+                Ok(())
+            });
+            match synced {
+                Err(e) if e.kind() == NotFound => {} // collected meanwhile
+                other => other?,
+            }
+        }
+        std::fs::File::open(&dir)?.sync_all()?;
+        *seen = Some((mtime, now));
+        Ok(())
     }
 }
 

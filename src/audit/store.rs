@@ -11,19 +11,15 @@
 //! could still take them. A batch larger than a log can hold is made durable by syncing sled
 //! on the spot.
 //!
-//! Syncing sled: sled 0.34's `flush` writes its log with `sync_file_range` on Linux, which
-//! persists neither the file's metadata (the size of an appended log) nor the device's write
-//! cache, and it does not sync the separate files it writes large pages to (`blobs/`). So a
-//! checkpoint follows the flush with `fdatasync` of the log file `db`, and `fsync` of blob
-//! files created since the last one and of their directory: durable against power loss, not
-//! only against a crash of the process.
+//! Syncing sled is [`crate::store::Durable::sync`]: sled's flush, then `fdatasync` of its log
+//! and `fsync` of new blob files, durable against power loss, not only against a crash of the
+//! process.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::journal::{Journal, Other, Pending};
 use super::{Audit, AuditError, Retention};
@@ -66,7 +62,7 @@ pub struct SledSink {
 
 struct Inner {
     tree: sled::Tree,
-    files: Files,
+    files: crate::store::Durable,
     journal: Option<Journaled>,
 }
 
@@ -107,18 +103,10 @@ fn journal_err(e: io::Error) -> AuditError {
     AuditError::Store(format!("audit journal: {e}"))
 }
 
-/// The sled directory's log file, and what the last blob scan saw.
-struct Files {
-    dir: PathBuf,
-    log: File,
-    /// The `blobs/` directory's mtime at the last scan, and when that scan began.
-    blobs: Mutex<Option<(SystemTime, SystemTime)>>,
-}
-
 impl fmt::Debug for SledSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledSink")
-            .field("dir", &self.inner.files.dir)
+            .field("dir", &self.inner.files.dir())
             .field("tree", &SledSink::TREE)
             .field("journal", &self.inner.journal.is_some())
             .finish()
@@ -174,7 +162,7 @@ impl SledSink {
     fn recover(&self, wait: bool) -> Result<Option<Journal>, AuditError> {
         let last = self.last()?.map_or(0, |(seq, _)| seq);
         let tree = &self.inner.tree;
-        let opened = Journal::open(&self.inner.files.dir, last, wait, &mut |seq, value| {
+        let opened = Journal::open(self.inner.files.dir(), last, wait, &mut |seq, value| {
             tree.insert(seq.to_be_bytes(), value)
                 .map(drop)
                 .map_err(io::Error::other)
@@ -206,20 +194,7 @@ impl SledSink {
     /// The tree, without a journal.
     fn plain(db: &sled::Db, dir: &Path) -> Result<SledSink, AuditError> {
         let tree = db.open_tree(SledSink::TREE).map_err(write_err)?;
-        let io_err = |what: &str, path: &Path, e: io::Error| {
-            AuditError::Store(format!("{what} {}: {e}", path.display()))
-        };
-        let log_path = dir.join("db");
-        let log = File::open(&log_path).map_err(|e| io_err("cannot open the log", &log_path, e))?;
-        // The log's directory entry, once.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("cannot sync", dir, e))?;
-        let files = Files {
-            dir: dir.to_path_buf(),
-            log,
-            blobs: Mutex::new(None),
-        };
+        let files = crate::store::Durable::open(dir).map_err(AuditError::Store)?;
         Ok(SledSink {
             inner: Arc::new(Inner {
                 tree,
@@ -246,13 +221,9 @@ impl SledSink {
 impl Inner {
     /// sled's flush, then `fdatasync` of its log and `fsync` of new blob files.
     fn sled_sync(&self) -> Result<(), AuditError> {
-        self.tree.flush().map_err(write_err)?;
-        let synced = self
-            .files
-            .log
-            .sync_data()
-            .and_then(|()| self.files.sync_blobs());
-        synced.map_err(|e| AuditError::Store(format!("fsync: {e}")))
+        self.files
+            .sync(&self.tree)
+            .map_err(|e| AuditError::Store(e.to_string()))
     }
 
     /// Makes `batch` (and everything put before it) durable: in the journal; by syncing sled
@@ -381,53 +352,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-impl Files {
-    /// `fsync`s the blob files written since the last scan, and their directory. The
-    /// directory's mtime says whether anything was added; a recent mtime is rescanned anyway,
-    /// since two files created within one timestamp tick leave the same mtime.
-    fn sync_blobs(&self) -> io::Result<()> {
-        let dir = self.dir.join("blobs");
-        let mtime = match std::fs::metadata(&dir).and_then(|m| m.modified()) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut seen = super::commit::lock(&self.blobs);
-        let now = SystemTime::now();
-        let recent = now.duration_since(mtime).unwrap_or_default() < BLOB_MARGIN;
-        if let Some((m, _)) = *seen {
-            if m == mtime && !recent {
-                return Ok(());
-            }
-        }
-        let since = seen.map_or(SystemTime::UNIX_EPOCH, |(_, at)| {
-            at.checked_sub(BLOB_MARGIN)
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        });
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            match sync_if_newer(&path, since) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // collected meanwhile
-                other => other?,
-            }
-        }
-        File::open(&dir)?.sync_all()?;
-        *seen = Some((mtime, now));
-        Ok(())
-    }
-}
-
-/// How far back the blob scan looks past the previous one (timestamp granularity and skew).
-const BLOB_MARGIN: Duration = Duration::from_secs(2);
-
-fn sync_if_newer(path: &Path, since: SystemTime) -> io::Result<()> {
-    let f = File::open(path)?;
-    if f.metadata()?.modified()? >= since {
-        f.sync_all()?;
-    }
-    Ok(())
 }
 
 fn write_err(e: sled::Error) -> AuditError {

@@ -2,10 +2,9 @@
 //! challenge id, value = the challenge as JSON. The only file of [`crate::holds`] that uses
 //! sled.
 //!
-//! Durability follows [`crate::audit`]'s store: sled 0.34's `flush` persists neither the log
-//! file's size nor the device cache, and does not sync the separate files it writes large
-//! values to (`blobs/`), so a sync is the flush followed by `fdatasync` of the log file `db`
-//! and `fsync` of recent blob files and their directory.
+//! A sync is [`crate::store::Durable::sync`]: sled's flush, then `fdatasync` of its log file and
+//! `fsync` of recent blob files and their directory (sled's flush alone survives a crash of the
+//! process, not a power loss).
 //!
 //! Writes go through one thread, `holds-writer`: [`Backing::put`] queues a record and returns
 //! its ticket, [`Backing::sync`] waits until the writer has inserted and synced it. The writer
@@ -16,12 +15,10 @@
 //! thread-local garbage (about 10 KB per held challenge at 10,000 held, benches/held.rs).
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::{Challenge, HoldError, HoldLimits, Holds, State, lock};
 
@@ -194,17 +191,9 @@ impl Backing {
 impl SledStore {
     fn open(db: &sled::Db, dir: &Path) -> Result<SledStore, HoldError> {
         let tree = db.open_tree(TREE).map_err(store_err)?;
-        let log_path = dir.join("db");
-        let log = File::open(&log_path)
-            .map_err(|e| store_err(format!("cannot open {}: {e}", log_path.display())))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| store_err(format!("cannot sync {}: {e}", dir.display())))?;
         let files = Files {
             tree: tree.clone(),
-            dir: dir.to_path_buf(),
-            log,
-            blobs: None,
+            durable: crate::store::Durable::open(dir).map_err(store_err)?,
         };
         let queue = Arc::new(Queue::default());
         let q = queue.clone();
@@ -318,60 +307,15 @@ fn write_loop(queue: &Queue, mut files: Files) {
     }
 }
 
-/// What the writer syncs: sled's log and the blob files.
+/// What the writer syncs: the tree's database and its files.
 struct Files {
     tree: sled::Tree,
-    dir: PathBuf,
-    log: File,
-    /// The `blobs/` directory's mtime at the last scan, and when that scan began.
-    blobs: Option<(SystemTime, SystemTime)>,
+    durable: crate::store::Durable,
 }
 
 impl Files {
     fn sync(&mut self) -> Result<(), HoldError> {
-        self.tree.flush().map_err(store_err)?;
-        self.log
-            .sync_data()
-            .and_then(|()| self.sync_blobs())
-            .map_err(|e| store_err(format!("fsync: {e}")))
-    }
-
-    /// `fsync`s the blob files written since the last scan, and their directory (as the audit
-    /// store does: a recent directory mtime is rescanned, two files may share a tick).
-    fn sync_blobs(&mut self) -> io::Result<()> {
-        const MARGIN: Duration = Duration::from_secs(2);
-        let dir = self.dir.join("blobs");
-        let mtime = match std::fs::metadata(&dir).and_then(|m| m.modified()) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let now = SystemTime::now();
-        let recent = now.duration_since(mtime).unwrap_or_default() < MARGIN;
-        if let Some((m, _)) = self.blobs {
-            if m == mtime && !recent {
-                return Ok(());
-            }
-        }
-        let since = self.blobs.map_or(SystemTime::UNIX_EPOCH, |(_, at)| {
-            at.checked_sub(MARGIN).unwrap_or(SystemTime::UNIX_EPOCH)
-        });
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let synced = File::open(&path).and_then(|f| {
-                if f.metadata()?.modified()? >= since {
-                    f.sync_all()?;
-                }
-                Ok(())
-            });
-            match synced {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // collected meanwhile
-                other => other?,
-            }
-        }
-        File::open(&dir)?.sync_all()?;
-        self.blobs = Some((mtime, now));
-        Ok(())
+        self.durable.sync(&self.tree).map_err(store_err)
     }
 }
 
@@ -435,7 +379,7 @@ mod tests {
         }
     }
 
-    fn temp_dir() -> PathBuf {
+    fn temp_dir() -> std::path::PathBuf {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = std::env::temp_dir().join(format!(
