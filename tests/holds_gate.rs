@@ -109,6 +109,52 @@ async fn a_held_request_is_forwarded_only_when_approved() {
     );
 }
 
+/// A request no rule covers, held by `default step_up` (as in the shipped policy), goes through
+/// once approved; the re-check does not hold it again.
+#[tokio::test]
+async fn a_request_held_by_the_default_is_forwarded_when_approved() {
+    let ca = TestCa::new("upstream");
+    let up = FakeUpstream::tls(&ca, &["api.github.com"], &[b"http/1.1"]).await;
+    let gate = TestGate::start(&ca, &[("api.github.com", up.addr)], |c| {
+        TestGate::only_policy(
+            c,
+            "default step_up reason \"No rule covers {action}\";\n\
+             block \"no-deletes\" on github.repos.delete;\n",
+        )
+    })
+    .await;
+    let token = std::fs::read_to_string(gate.config.data_dir.join("reviewer.token")).unwrap();
+    let token = token.trim();
+    let client = gate.reqwest(false);
+    let agent = tokio::spawn(async move {
+        client
+            .post("https://api.github.com/repos/acme/api/issues/42/comments")
+            .header("authorization", format!("Bearer {GITHUB_PLACEHOLDER}"))
+            .header("content-type", "application/json")
+            .body(r#"{"body":"on it"}"#)
+            .send()
+            .await
+            .unwrap()
+    });
+    let c = pending(&gate, token).await;
+    assert_eq!(c["rules"][0], "default");
+    assert_eq!(
+        c["reasons"][0],
+        "No rule covers github.issues.create-comment"
+    );
+    let id = c["id"].as_str().unwrap().to_string();
+    assert_eq!(decide(&gate, Some(token), &id, "approve", "ok").await, 200);
+    let resp = agent.await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(resp.headers()["agentgate-challenge"], id.as_str());
+    let rec = up.requests().pop().expect("forwarded");
+    assert_eq!(rec.body, br#"{"body":"on it"}"#);
+    assert_eq!(
+        rec.headers["authorization"],
+        format!("Bearer {REAL_GITHUB_TOKEN}").as_str()
+    );
+}
+
 #[tokio::test]
 async fn a_denied_request_gets_the_reviewers_note_and_nothing_is_sent() {
     let (_ca, up, gate, token) = setup().await;

@@ -415,6 +415,18 @@ pub fn decide_traced(
             let reason = format!("approved by a reviewer ({})", approved_fired.join(", "));
             (Effect::Allow, approved_fired, reason)
         }
+        // No rule fires, and the request was held by the default (`default step_up`): the
+        // reviewer approved exactly that, so the approval is the allow. A default that is now a
+        // block still blocks.
+        None if program.default.effect == EffectKw::StepUp
+            && input.approved.iter().any(|a| a == "default") =>
+        {
+            (
+                Effect::Allow,
+                vec![SharedStr::from("default")],
+                "approved by a reviewer (default)".to_string(),
+            )
+        }
         None => (
             program.default.effect.into(),
             vec![SharedStr::from("default")],
