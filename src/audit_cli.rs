@@ -116,7 +116,7 @@ pub async fn verify(config: &Config) -> Result<String, String> {
 }
 
 /// A GET to the running gate's dashboard, as a reviewer.
-async fn api_get(config: &Config, path_and_query: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn api_get(config: &Config, path_and_query: &str) -> Result<Vec<u8>, String> {
     let token = match std::env::var(REVIEWER_TOKEN_VAR) {
         Ok(t) if !t.is_empty() => t,
         _ => crate::agents::read_private(&config.data_dir.join(DEFAULT_TOKEN_FILE)).map_err(

@@ -38,6 +38,7 @@ pub mod config;
 pub mod counters;
 pub mod dashboard;
 pub mod decider;
+pub mod demo;
 pub mod holds;
 pub mod metrics;
 pub mod policy;

@@ -27,6 +27,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show the gate at work: the shipped policy, local stand-ins for GitHub and Gmail, and a
+    /// scripted agent trying ten actions through it, each outcome narrated.
+    Demo {
+        /// Approve every held request at once (unattended runs).
+        #[arg(long, conflicts_with = "deny_all")]
+        approve_all: bool,
+        /// Deny every held request at once (unattended runs).
+        #[arg(long)]
+        deny_all: bool,
+        /// The directory for the demo's config, CA, policy and data (default: a new directory
+        /// under the system's temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Manage the local CA.
     Ca {
         #[command(subcommand)]
@@ -190,11 +204,16 @@ enum CaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo narrates each request itself; the gate's own lines would repeat it.
+    let level = match cli.command {
+        Command::Demo { .. } => "agentgate=warn",
+        _ => "agentgate=info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentgate=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
     match dispatch(cli.command) {
@@ -334,6 +353,23 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             runtime
                 .block_on(app::run(&config, shutdown))
                 .map_err(|e| e.to_string().into())
+        }
+        Command::Demo {
+            approve_all,
+            deny_all,
+            dir,
+        } => {
+            use agentgate::demo;
+            let review = match (approve_all, deny_all) {
+                (true, _) => demo::Review::ApproveAll,
+                (_, true) => demo::Review::DenyAll,
+                _ => demo::Review::Person,
+            };
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime
+                .block_on(demo::run(demo::Options { review, dir }))
+                .map(|_| ())
+                .map_err(Failure::from)
         }
         Command::Ca { command } => match command {
             CaCommand::Init { dir, config } => {
