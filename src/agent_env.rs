@@ -1,4 +1,8 @@
 //! `agentgate env`: the shell lines that point an agent at the gate.
+//!
+//! They set the proxy variables (with the agent's credentials in the URL), `NO_PROXY` for the
+//! dashboard, the CA-bundle variables of common clients, `NODE_USE_ENV_PROXY=1` (Node 24's
+//! built-in `fetch` honours `HTTPS_PROXY` only with it), and the placeholder tokens.
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,6 +20,10 @@ const CA_VARS: [&str; 5] = [
     "REQUESTS_CA_BUNDLE",  // Python requests
     "NODE_EXTRA_CA_CERTS", // Node.js
 ];
+
+/// Makes Node's built-in `fetch` and `http(s)` honour the proxy variables (Node 24, and 22.21
+/// and later; older Node ignores it, and its `fetch` ignores the proxy variables).
+const NODE_PROXY_VAR: (&str, &str) = ("NODE_USE_ENV_PROXY", "1");
 
 /// Variables GitHub clients read a token from (gh, Octokit-based tools, actions tooling).
 const GITHUB_TOKEN_VARS: [&str; 2] = ["GITHUB_TOKEN", "GH_TOKEN"];
@@ -109,6 +117,8 @@ pub fn export_lines(
     for var in ["NO_PROXY", "no_proxy"] {
         let _ = writeln!(out, "export {var}={}", quote(&no_proxy));
     }
+    let (var, on) = NODE_PROXY_VAR;
+    let _ = writeln!(out, "export {var}={}", quote(on));
     let bundle = bundle.to_string_lossy();
     for var in CA_VARS {
         let _ = writeln!(out, "export {var}={}", quote(&bundle));
@@ -160,6 +170,7 @@ mod tests {
         assert!(out.contains("export HTTPS_PROXY='http://coder:agt_x@127.0.0.1:8080'\n"));
         assert!(out.contains("export http_proxy='http://coder:agt_x@127.0.0.1:8080'\n"));
         assert!(out.contains("export NO_PROXY='127.0.0.1'\n"));
+        assert!(out.contains("export NODE_USE_ENV_PROXY='1'\n"));
         for var in CA_VARS {
             assert!(
                 out.contains(&format!("export {var}='/x/it'\\''s/bundle.pem'\n")),

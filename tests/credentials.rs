@@ -793,6 +793,12 @@ async fn foreign_credentials_are_refused_by_the_shipped_policy_and_nothing_is_fe
     .await;
     assert!(!out.status.success());
     assert_eq!(git_received_statuses(&trace), [403]);
+    // The refusal of git's first request is text, which git prints.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("remote: AgentGate: blocked by rule foreign-credential: The request carries a credential"),
+        "{stderr}"
+    );
     assert_git_clean(&out, &trace);
     // Refused by other rules, or stepped up: the placeholder is fine, but no allow, no token.
     let ph = format!("Bearer {GITHUB_PLACEHOLDER}");

@@ -388,7 +388,8 @@ async fn run_step(
     for call in &step.calls {
         let (a, h) = send(agent, call, review, target, config_file, dashboard).await?;
         held = held.or(h);
-        let stop = a.status >= 400;
+        // A refusal ends the action (a refused push is a 200 git-format report).
+        let stop = a.status >= 400 || a.body["decision"].is_string();
         answer = Some(a);
         if stop {
             break;
@@ -428,15 +429,19 @@ async fn run_step(
         answer.body["decision"].as_str(),
         held.is_some(),
     ) {
-        (403, Some("block"), _) => {
+        (_, Some("block"), _) => {
+            let rules = if answer.body["git"] == true {
+                String::new()
+            } else {
+                format!("{}: ", rules_of(&answer.body))
+            };
             say(&format!(
-                "       BLOCKED   {}: {}\n                 {delivered}",
-                rules_of(&answer.body),
+                "       BLOCKED   {rules}{}\n                 {delivered}",
                 answer.body["reason"].as_str().unwrap_or("")
             ));
             Ending::Blocked
         }
-        (403, Some(d @ ("denied" | "expired")), _) => {
+        (_, Some(d @ ("denied" | "expired")), _) => {
             let why = match (d, answer.body["note"].as_str()) {
                 ("denied", Some(note)) => format!("the reviewer's note: {note}"),
                 _ => answer.body["reason"].as_str().unwrap_or("").to_string(),
@@ -532,6 +537,12 @@ async fn send(
     };
     let resp = resp.map_err(|e| format!("the agent's request {} failed: {e}", call.line()))?;
     let status = resp.status().as_u16();
+    let decision = resp
+        .headers()
+        .get(crate::proxy::respond::DECISION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let decision = decision.as_deref();
     let challenge = resp
         .headers()
         .get("agentgate-challenge")
@@ -541,7 +552,7 @@ async fn send(
         .bytes()
         .await
         .map_err(|e| format!("the answer to {} was cut: {e}", call.line()))?;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| git_report(&bytes, decision));
     Ok((
         Answer {
             status,
@@ -550,6 +561,26 @@ async fn send(
         },
         held,
     ))
+}
+
+/// A refused push's `report-status`, as `{"decision", "reason"}`: the gate answers git in
+/// git's terms (`ng REF REASON`), which git prints as `! [remote rejected] ... (REASON)`.
+fn git_report(bytes: &[u8], decision: Option<&str>) -> Value {
+    let Some(decision) = decision else {
+        return Value::Null;
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let reason = text
+        .split("ng ")
+        .nth(1)
+        .and_then(|l| l.split_once(' '))
+        .map(|(_, r)| r.lines().next().unwrap_or(r).to_string())
+        .unwrap_or_default();
+    serde_json::json!({
+        "decision": decision,
+        "reason": format!("git is told: ! [remote rejected] ({reason})"),
+        "git": true,
+    })
 }
 
 /// The pending challenges, as the API lists them.

@@ -58,13 +58,15 @@ pub async fn handle(
     let rid = RequestId::new();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let result = run(&state, &origin, req, &rid).await;
+    let mut git = None;
+    let result = run(&state, &origin, req, &rid, &mut git).await;
     state.metrics.request_time(started.elapsed());
     let mut resp = match result {
         Ok(resp) => resp,
         Err(refusal) => {
             tracing::info!(request_id = %rid, %method, target = %origin.target, ?refusal, "refused");
-            respond::refusal(&refusal, &rid)
+            git.and_then(|g| respond::git_refusal(&refusal, &rid, &g))
+                .unwrap_or_else(|| respond::refusal(&refusal, &rid))
         }
     };
     if let Ok(v) = HeaderValue::from_str(&rid.to_string()) {
@@ -78,6 +80,7 @@ async fn run(
     origin: &Arc<Origin>,
     req: Request<Incoming>,
     rid: &RequestId,
+    git: &mut Option<respond::GitClient>,
 ) -> Result<Response<RespBody>, Refusal> {
     if let Some(why) = &origin.misdirected {
         return Err(Refusal::Misdirected(why.clone()));
@@ -92,6 +95,8 @@ async fn run(
     // held requests: 6.5 KB each unboxed, 1 KB boxed; `cargo bench --bench held`).
     let mut body = Box::pin(read_body(body, &parts.headers, state.limits.max_body_bytes)).await?;
     let mut actions = classify(state, origin, &mut parts, &mut body, &path)?;
+    // A git client is told why it was refused in a form it prints.
+    *git = respond::GitClient::of(&parts.method, &actions);
     for action in &mut actions {
         state.drafts.complete_send(agent, action);
     }

@@ -203,6 +203,136 @@ pub fn refusal(r: &Refusal, request_id: &RequestId) -> Response<RespBody> {
     resp
 }
 
+/// A git client refused by the gate, told why in a form git prints (a JSON body it never
+/// shows). Only policy refusals and the gate's own failures use it; the proxy's 407 and the
+/// request errors keep their usual answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GitClient {
+    /// A push (`POST .../git-receive-pack`): answered as GitHub answers a push a hook declined,
+    /// `200` with a `report-status` that rejects every ref with the reason (git prints
+    /// `! [remote rejected] main -> main (reason)` and fails), in side-band when the client
+    /// asked for it, with the reason also on the progress band (`remote: ...`).
+    Push { refs: Vec<String>, sideband: bool },
+    /// A ref advertisement (`GET .../info/refs`): the usual status with a `text/plain` body,
+    /// which git prints as `remote: ...` lines.
+    Discovery,
+}
+
+impl GitClient {
+    /// The git request among `actions`, if the request is one git talks to (a push's commands,
+    /// or a ref advertisement).
+    pub fn of(method: &http::Method, actions: &[crate::actions::Action]) -> Option<GitClient> {
+        let [a] = actions else { return None };
+        if !a.name.starts_with("git.") {
+            return None;
+        }
+        match (a.params.get("phase").and_then(Value::as_str), method) {
+            (Some("discovery"), &http::Method::GET) => Some(GitClient::Discovery),
+            (Some("request"), &http::Method::POST) if a.name == "git.push" => {
+                let strings = |k: &str| -> Vec<String> {
+                    a.params
+                        .get(k)
+                        .and_then(Value::as_array)
+                        .map(|v| {
+                            v.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let refs = a
+                    .params
+                    .get("refs")
+                    .and_then(Value::as_array)
+                    .map(|refs| {
+                        refs.iter()
+                            .filter_map(|r| r.get("name").and_then(Value::as_str))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let sideband = strings("capabilities")
+                    .iter()
+                    .any(|c| c == "side-band-64k" || c == "side-band");
+                Some(GitClient::Push { refs, sideband })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a git client for `r`, or `None` when `r` keeps its usual answer.
+pub fn git_refusal(
+    r: &Refusal,
+    request_id: &RequestId,
+    git: &GitClient,
+) -> Option<Response<RespBody>> {
+    let what = match r {
+        Refusal::Blocked(d) => format!("blocked by rule {}", d.rules.join(", ")),
+        Refusal::Settled { state, note, .. } => match (state.as_str(), note) {
+            ("denied", Some(n)) if !n.is_empty() => format!("denied by a reviewer ({n})"),
+            ("denied", _) => "denied by a reviewer".to_string(),
+            ("expired", _) => "no reviewer decided in time".to_string(),
+            (other, _) => other.to_string(),
+        },
+        Refusal::Vault(_)
+        | Refusal::Audit(_)
+        | Refusal::Overloaded(_)
+        | Refusal::TooManyHeld(_)
+        | Refusal::Upstream(_) => "not forwarded".to_string(),
+        _ => return None,
+    };
+    // One line: git shows a ref's reason and each progress line as they are.
+    let line: String = format!("AgentGate: {what}: {} [{request_id}]", r.reason())
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(900)
+        .collect();
+    let mut resp = refusal(r, request_id);
+    let (content_type, body) = match git {
+        GitClient::Discovery => (
+            "text/plain; charset=utf-8",
+            format!("{line}\n").into_bytes(),
+        ),
+        GitClient::Push { refs, sideband } => {
+            *resp.status_mut() = StatusCode::OK;
+            let mut report = Vec::new();
+            pkt_line(&mut report, b"unpack ok\n");
+            for name in refs {
+                pkt_line(&mut report, format!("ng {name} {line}\n").as_bytes());
+            }
+            report.extend_from_slice(b"0000");
+            let body = if *sideband {
+                let mut out = Vec::new();
+                pkt_line(&mut out, format!("\x02{line}\n").as_bytes());
+                // Band 1 carries the report; a packet holds at most 65,515 bytes of it.
+                for chunk in report.chunks(65_515) {
+                    let mut band = Vec::with_capacity(chunk.len() + 1);
+                    band.push(1);
+                    band.extend_from_slice(chunk);
+                    pkt_line(&mut out, &band);
+                }
+                out.extend_from_slice(b"0000");
+                out
+            } else {
+                report
+            };
+            ("application/x-git-receive-pack-result", body)
+        }
+    };
+    *resp.body_mut() = full(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Some(resp)
+}
+
+/// Appends one pkt-line (its length in four hex digits, then the data).
+fn pkt_line(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:04x}", data.len() + 4).as_bytes());
+    out.extend_from_slice(data);
+}
+
 /// An empty `200` (the answer to an accepted CONNECT).
 pub fn connect_established() -> Response<RespBody> {
     Response::new(full(Bytes::new()))
@@ -280,6 +410,110 @@ mod tests {
         assert_eq!(v["action"], "net.connect");
         assert_eq!(v["rules"][0], "r1");
         assert_eq!(v["request_id"], rid.to_string());
+    }
+
+    /// The pkt-lines of `data` up to its first flush, and what follows it.
+    fn pkts(mut data: &[u8]) -> (Vec<Vec<u8>>, &[u8]) {
+        let mut out = Vec::new();
+        loop {
+            let len = usize::from_str_radix(std::str::from_utf8(&data[..4]).unwrap(), 16).unwrap();
+            if len == 0 {
+                return (out, &data[4..]);
+            }
+            out.push(data[4..len].to_vec());
+            data = &data[len..];
+        }
+    }
+
+    async fn body_of(resp: Response<RespBody>) -> Vec<u8> {
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_refused_push_is_a_report_that_rejects_each_ref() {
+        let rid = RequestId::new();
+        let r = Refusal::Blocked(Decision {
+            effect: Effect::Block,
+            action: "git.push".into(),
+            rules: vec!["no-tags".into()],
+            reason: "no tags\nplease".into(),
+            fired: Vec::new(),
+        });
+        let refs = vec!["refs/tags/v1".to_string(), "refs/heads/x".to_string()];
+        let line = format!("AgentGate: blocked by rule no-tags: no tags please [{rid}]");
+        // Without side-band: the report itself.
+        let git = GitClient::Push {
+            refs: refs.clone(),
+            sideband: false,
+        };
+        let resp = git_refusal(&r, &rid, &git).unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[DECISION_HEADER], "block");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/x-git-receive-pack-result"
+        );
+        let body = body_of(resp).await;
+        let (report, rest) = pkts(&body);
+        assert!(rest.is_empty());
+        assert_eq!(
+            report,
+            [
+                b"unpack ok\n".to_vec(),
+                format!("ng refs/tags/v1 {line}\n").into_bytes(),
+                format!("ng refs/heads/x {line}\n").into_bytes(),
+            ]
+        );
+        // With side-band: the reason on band 2, the same report inside band 1.
+        let git = GitClient::Push {
+            refs,
+            sideband: true,
+        };
+        let body = body_of(git_refusal(&r, &rid, &git).unwrap()).await;
+        let (bands, rest) = pkts(&body);
+        assert!(rest.is_empty());
+        assert_eq!(
+            bands[0],
+            [b"\x02".as_slice(), line.as_bytes(), b"\n"].concat()
+        );
+        assert_eq!(bands.len(), 2);
+        assert_eq!(bands[1][0], 1);
+        let (inner, rest) = pkts(&bands[1][1..]);
+        assert!(rest.is_empty());
+        assert_eq!(inner, report);
+    }
+
+    #[tokio::test]
+    async fn a_refused_ref_advertisement_is_text_and_other_refusals_keep_json() {
+        let rid = RequestId::new();
+        let r = Refusal::Vault("the vault is down".into());
+        let resp = git_refusal(&r, &rid, &GitClient::Discovery).unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            body_of(resp).await,
+            format!("AgentGate: not forwarded: the vault is down [{rid}]\n").into_bytes()
+        );
+        // A proxy-credential or framing refusal is not the push's fault to report.
+        assert!(
+            git_refusal(&Refusal::ProxyAuth("x".into()), &rid, &GitClient::Discovery).is_none()
+        );
+        assert!(
+            git_refusal(
+                &Refusal::BadRequest("x".into()),
+                &rid,
+                &GitClient::Discovery
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod auth0;
+pub mod git_http;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -775,4 +776,176 @@ fn google_resumable(path: &str, headers: &HeaderMap) -> Option<Response<FakeBody
         Response::builder().status(308).body(full("")).unwrap()
     };
     Some(resp)
+}
+
+// ---- End to end: a gate started from a config file, and what `agentgate env` prints for it.
+
+impl TestGate {
+    /// Starts a gate from an `agentgate.toml` written as a user would (free ports on
+    /// 127.0.0.1, `upstream_ca` trusted, `overrides`, the test agent with its token's SHA-256,
+    /// the file vault of [`TestGate::start`]) with the shipped `default.policy` plus `policies`
+    /// (name, text). `agentgate env --config` on the same file ([`TestGate::agent_env`]) then
+    /// names this gate's proxy, the test agent's token and this gate's CA bundle.
+    pub async fn from_file(
+        upstream_ca: &TestCa,
+        overrides: &[(&str, SocketAddr)],
+        policies: &[(&str, &str)],
+    ) -> TestGate {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        for _ in 0..5 {
+            let dir = TempDir::new("e2e");
+            upstream_ca.write_pem(dir.path(), "upstream-ca.pem");
+            write_vault_file(dir.path());
+            let pdir = dir.path().join("policies");
+            std::fs::create_dir_all(&pdir).unwrap();
+            std::fs::write(pdir.join("default.policy"), app::DEFAULT_POLICY).unwrap();
+            for (name, text) in policies {
+                std::fs::write(pdir.join(format!("{name}.policy")), text).unwrap();
+            }
+            let overrides: String = overrides
+                .iter()
+                .map(|(h, a)| format!("\"{h}\" = \"{a}\"\n"))
+                .collect();
+            let text = format!(
+                "[proxy]\nlisten = \"{}\"\n[dashboard]\nlisten = \"{}\"\n\
+                 [upstream]\nextra_roots = [\"upstream-ca.pem\"]\n[upstream.overrides]\n{overrides}\
+                 [vault]\nbackend = \"file\"\nfile = \"vault.toml\"\n\
+                 [[agents]]\nname = \"{TEST_AGENT}\"\ntoken_sha256 = \"{}\"\nuser = \"{TEST_USER}\"\n",
+                free(),
+                free(),
+                hex::encode(agentgate::agents::sha256(TEST_TOKEN)),
+            );
+            let file = dir.path().join("agentgate.toml");
+            std::fs::write(&file, text).unwrap();
+            let config = Config::load(&file).unwrap();
+            match app::start(&config).await {
+                Ok(gate) => {
+                    assert!(
+                        gate.policy.current().is_some(),
+                        "the policies in {} did not load (see the gate's log above)",
+                        config.policies_dir.display()
+                    );
+                    return TestGate { gate, dir, config };
+                }
+                // Another process took a free port in between: try other ports.
+                Err(app::AppError::Bind { .. }) => continue,
+                Err(e) => panic!("the gate did not start: {e}"),
+            }
+        }
+        panic!("no free ports for the gate");
+    }
+
+    /// The variables `agentgate env --config agentgate.toml` prints for the test agent (run in
+    /// a clean environment holding only the agent's token), as name/value pairs.
+    pub async fn agent_env(&self) -> Vec<(String, String)> {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentgate"))
+            .arg("env")
+            .arg("--config")
+            .arg(self.dir.path().join("agentgate.toml"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(agentgate::agent_env::TOKEN_VAR, TEST_TOKEN)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "agentgate env: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars: Vec<(String, String)> = text
+            .lines()
+            .map(|l| {
+                let (name, value) = l
+                    .strip_prefix("export ")
+                    .and_then(|l| l.split_once('='))
+                    .unwrap();
+                (name.to_string(), unquote(value))
+            })
+            .collect();
+        // It names this gate: its proxy address with the agent's token, and its CA bundle.
+        let var = |n: &str| &vars.iter().find(|(k, _)| k == n).unwrap().1;
+        assert_eq!(var("HTTPS_PROXY"), &self.proxy_url());
+        assert_eq!(Path::new(var("SSL_CERT_FILE")), self.gate.bundle);
+        vars
+    }
+
+    /// The reviewer token the gate created in its data directory.
+    pub fn reviewer_token(&self) -> String {
+        std::fs::read_to_string(self.config.data_dir.join("reviewer.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A reviewer's call to the dashboard API: the status and the body.
+    pub async fn reviewer(
+        &self,
+        method: http::Method,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> (u16, String) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut req = client
+            .request(method, format!("http://{}{path}", self.gate.dashboard_addr))
+            .bearer_auth(self.reviewer_token());
+        if let Some(v) = json {
+            req = req.json(&v);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Waits (up to 20 s) for a pending challenge and returns the oldest.
+    pub async fn pending_challenge(&self) -> serde_json::Value {
+        for _ in 0..400 {
+            let (_, body) = self
+                .reviewer(http::Method::GET, "/api/challenges?state=pending", None)
+                .await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if let Some(c) = v["challenges"].as_array().and_then(|a| a.first()) {
+                return c.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no challenge became pending");
+    }
+
+    /// The audit log as `GET /api/audit/export` gives it, once `ready` says so (outcomes are
+    /// appended after the response) or after 10 s.
+    pub async fn audit_until(
+        &self,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut records = Vec::new();
+        for _ in 0..200 {
+            let (status, body) = self
+                .reviewer(http::Method::GET, "/api/audit/export", None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            records = body
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if ready(&records) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        records
+    }
+}
+
+/// A value as `agentgate env` single-quotes it for POSIX shells.
+fn unquote(s: &str) -> String {
+    s.strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("not single-quoted: {s}"))
+        .replace(r"'\''", "'")
 }
