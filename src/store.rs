@@ -51,11 +51,19 @@ pub fn open_unshared(path: &Path) -> Result<sled::Db, sled::Error> {
     fresh(path, LOCK_WAIT)
 }
 
+/// sled's page cache. Its default, 1 GiB, lets a long-running gate's memory grow with its
+/// audit log; the gate appends and reads back recent records, which this holds many times over.
+const CACHE_BYTES: u64 = 64 << 20;
+
 fn fresh(path: &Path, wait: Duration) -> Result<sled::Db, sled::Error> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(5);
     loop {
-        match sled::open(path) {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Err(e) if is_lock_contention(&e) && Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));

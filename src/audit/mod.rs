@@ -264,8 +264,30 @@ pub struct Audit {
     /// Pruning and whole-chain walks do not overlap.
     walk: Mutex<()>,
     committer: Committer,
-    /// Sequence numbers of decision records, sent once each is durable ([`Audit::subscribe`]).
-    durable: broadcast::Sender<u64>,
+    /// Decision records, sent once each is durable ([`Audit::subscribe`]).
+    durable: broadcast::Sender<Durable>,
+}
+
+/// A decision record that is now durable, in its API form (the stored body plus its `hash`,
+/// as [`Audit::after`] gives it), for the dashboard's live feed.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub seq: u64,
+    pub json: Arc<str>,
+}
+
+/// The API form of a stored `value` whose body's SHA-256 is `hash`: the body with `"hash"`
+/// added as its last field (`None` if the body is not a UTF-8 JSON object, which `encode`
+/// never makes).
+fn api_json(value: &[u8], hash: &[u8; record::HASH_LEN]) -> Option<Arc<str>> {
+    let body = std::str::from_utf8(value.get(record::HASH_LEN..)?).ok()?;
+    let open = body.strip_suffix('}')?;
+    let mut out = String::with_capacity(open.len() + 2 * record::HASH_LEN + 12);
+    out.push_str(open);
+    out.push_str(",\"hash\":\"");
+    out.push_str(&hex::encode(hash));
+    out.push_str("\"}");
+    Some(Arc::from(out))
 }
 
 impl std::fmt::Debug for Audit {
@@ -313,10 +335,17 @@ impl Audit {
     pub async fn decision(&self, rec: DecisionRecord) -> Result<u64, AuditError> {
         let json = Entry::Decision(Box::new(rec.redacted())).to_json()?;
         let (tx, rx) = oneshot::channel();
-        let seq = self.append(&json, Some(tx))?;
+        let (seq, value, hash) = self.append(&json, Some(tx))?;
+        // Made while the commit runs; sent once it is done.
+        let feed = (self.durable.receiver_count() > 0)
+            .then(|| api_json(&value, &hash))
+            .flatten();
+        drop(value);
         match rx.await {
             Ok(Ok(())) => {
-                let _ = self.durable.send(seq);
+                if let Some(json) = feed {
+                    let _ = self.durable.send(Durable { seq, json });
+                }
                 Ok(seq)
             }
             Ok(Err(e)) => Err(e),
@@ -324,10 +353,10 @@ impl Audit {
         }
     }
 
-    /// The sequence numbers of decision records from now on, each sent once the record is
-    /// durable (the dashboard's live feed reads the records with [`Audit::after`]). A
-    /// subscriber more than [`DURABLE_FEED`] behind gets `Lagged`.
-    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+    /// The decision records from now on, each sent once it is durable, in the form
+    /// [`Audit::after`] gives (the dashboard's live feed). A subscriber more than
+    /// [`DURABLE_FEED`] behind gets `Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Durable> {
         self.durable.subscribe()
     }
 
@@ -335,11 +364,16 @@ impl Audit {
     /// durability (the next group commit covers it).
     pub fn outcome(&self, decision_seq: u64, rec: OutcomeRecord) -> Result<u64, AuditError> {
         let json = Entry::Outcome(OutcomeEntry::new(decision_seq, &rec)).to_json()?;
-        self.append(&json, None)
+        self.append(&json, None).map(|(seq, _, _)| seq)
     }
 
-    /// Numbers, chains and stores one record; queues `waiter` for the next commit.
-    fn append(&self, json: &[u8], waiter: Option<Waiter>) -> Result<u64, AuditError> {
+    /// Numbers, chains and stores one record; queues `waiter` for the next commit. Returns the
+    /// sequence number, the stored value and its body's hash.
+    fn append(
+        &self,
+        json: &[u8],
+        waiter: Option<Waiter>,
+    ) -> Result<(u64, Vec<u8>, [u8; record::HASH_LEN]), AuditError> {
         let mut chain = lock(&self.chain);
         if chain.closed {
             return Err(AuditError::Closed);
@@ -362,7 +396,7 @@ impl Audit {
         if let Some(w) = waiter {
             self.committer.enqueue(w);
         }
-        Ok(seq)
+        Ok((seq, value, hash))
     }
 
     /// The records a filter keeps, in sequence order (see [`Filter`]). This and the other

@@ -450,6 +450,9 @@ mod tests {
         let mut want: Value = serde_json::from_slice(body).unwrap();
         want["hash"] = json!(hex::encode(hash));
         assert_eq!(api, want);
+        // The live feed's form, made from the stored value without decoding, is the same.
+        let feed = crate::audit::api_json(&value, &hash).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&feed).unwrap(), api);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! broadcast `Lagged`), it publishes a `resync`. Clients never slow the pump: each reads the
 //! ring at its own pace and is told to resync when it falls out of it (see `ws`).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::lock;
 use super::policy::PolicyView;
-use crate::audit::{Audit, Entry, Record};
 use crate::holds::{Challenge, EventKind, HoldEvent};
 
 /// Most events the ring keeps.
@@ -214,7 +213,7 @@ fn summary(c: &Challenge) -> serde_json::Value {
 #[derive(Debug)]
 pub struct Sources {
     pub holds: broadcast::Receiver<HoldEvent>,
-    pub audit: broadcast::Receiver<u64>,
+    pub audit: broadcast::Receiver<crate::audit::Durable>,
 }
 
 /// How often the policy status is looked at.
@@ -222,7 +221,7 @@ const POLICY_POLL: Duration = Duration::from_secs(1);
 
 /// Moves events from the holds, the audit log and the policy status into `feed` until it is
 /// closed.
-pub async fn pump(feed: Arc<Feed>, audit: Arc<Audit>, policy: Arc<PolicyView>, src: Sources) {
+pub async fn pump(feed: Arc<Feed>, policy: Arc<PolicyView>, src: Sources) {
     let Sources {
         holds: mut holds_rx,
         audit: mut audit_rx,
@@ -241,7 +240,7 @@ pub async fn pump(feed: Arc<Feed>, audit: Arc<Audit>, policy: Arc<PolicyView>, s
                 Err(broadcast::error::RecvError::Closed) => holds_open = false,
             },
             r = audit_rx.recv(), if audit_open => match r {
-                Ok(seq) => decisions(&feed, &audit, seq, &mut audit_rx).await,
+                Ok(first) => decisions(&feed, first, &mut audit_rx),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     feed.resync(&format!("the feed missed {n} decisions"));
                 }
@@ -266,55 +265,28 @@ pub async fn until_closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
 }
 
-/// Publishes the durable decision `first` and whichever others are already queued, read from
-/// the store in one scan.
-async fn decisions(feed: &Feed, audit: &Arc<Audit>, first: u64, rx: &mut broadcast::Receiver<u64>) {
-    let mut seqs = BTreeSet::from([first]);
+/// Publishes the durable decision `first` and whichever others are already queued, in
+/// sequence order. The records come as the audit made them: nothing is read back.
+fn decisions(
+    feed: &Feed,
+    first: crate::audit::Durable,
+    rx: &mut broadcast::Receiver<crate::audit::Durable>,
+) {
+    let mut batch = vec![first];
     let mut lagged = None;
-    while seqs.len() < AUDIT_BATCH {
+    while batch.len() < AUDIT_BATCH {
         match rx.try_recv() {
-            Ok(s) => {
-                seqs.insert(s);
-            }
+            Ok(d) => batch.push(d),
             Err(broadcast::error::TryRecvError::Lagged(n)) => lagged = Some(n),
             Err(_) => break,
         }
     }
-    let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
-        return;
-    };
-    let span = usize::try_from(hi - lo + 1).unwrap_or(usize::MAX);
-    let a = audit.clone();
-    let read = tokio::task::spawn_blocking(move || a.after(lo.saturating_sub(1), span)).await;
-    match read {
-        Ok(Ok(records)) => {
-            for r in records.iter().filter(|r| seqs.contains(&r.seq)) {
-                publish_decision(feed, r);
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!("dashboard feed: cannot read decisions {lo}..={hi}: {e}");
-            feed.resync(&format!("the feed could not read decisions {lo}..={hi}"));
-        }
-        Err(e) => {
-            tracing::warn!("dashboard feed: reading decisions failed: {e}");
-            feed.resync("the feed could not read decisions");
-        }
+    batch.sort_unstable_by_key(|d| d.seq);
+    for d in &batch {
+        feed.publish("decision", "record", &d.json);
     }
     if let Some(n) = lagged {
         feed.resync(&format!("the feed missed {n} decisions"));
-    }
-}
-
-fn publish_decision(feed: &Feed, r: &Record) {
-    if !matches!(r.entry, Entry::Decision(_)) {
-        return;
-    }
-    match serde_json::to_string(r) {
-        Ok(text) => {
-            feed.publish("decision", "record", &text);
-        }
-        Err(e) => tracing::warn!("dashboard feed: cannot encode record {}: {e}", r.seq),
     }
 }
 

@@ -125,14 +125,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let sources = lock(&state.sources).take();
-    let pump = sources.map(|src| {
-        tokio::spawn(feed::pump(
-            state.feed.clone(),
-            state.audit.clone(),
-            state.policy.clone(),
-            src,
-        ))
-    });
+    let pump =
+        sources.map(|src| tokio::spawn(feed::pump(state.feed.clone(), state.policy.clone(), src)));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
