@@ -323,8 +323,8 @@ async fn git_clone_and_push_through_the_gate() {
             .all(|d| d == "git.fetch request allow by git-fetch"),
         "{d:?}"
     );
-    // The approval's record names the rules of the re-check: the allow rule that fires once
-    // the approved step-up no longer does.
+    // The approval's record names the step-up rule the reviewer approved, then the allow rule
+    // that fires on the re-check once the approved step-up no longer does.
     assert_eq!(
         d[fetches..],
         [
@@ -333,7 +333,7 @@ async fn git_clone_and_push_through_the_gate() {
             "git.push refs/heads/main step_up by push-protected-branch",
             "git.push refs/heads/main denied by push-protected-branch",
             "git.push refs/heads/main step_up by push-protected-branch",
-            "git.push refs/heads/main approved by push-other-branches",
+            "git.push refs/heads/main approved by push-protected-branch,push-other-branches",
         ]
     );
     let settled = |id: &str| {

@@ -475,13 +475,29 @@ async fn approved(
     } else {
         decision.effect.as_str()
     };
+    // An approval is recorded with the step-up rules the reviewer approved, then the rules of
+    // the re-check (an allow rule that fires once they no longer do).
+    let recorded = if decision.effect == Effect::Allow {
+        let mut d = decision.clone();
+        let mut rules: Vec<_> = challenge.rules.iter().map(|r| r.as_str().into()).collect();
+        rules.extend(
+            d.rules
+                .iter()
+                .filter(|r| !challenge.rules.iter().any(|a| a == r.as_str()))
+                .cloned(),
+        );
+        d.rules = rules;
+        d
+    } else {
+        decision.clone()
+    };
     let seq = Box::pin(record_settled(
         state,
         origin,
         rid,
         &held.actions,
         held.credential.as_str(),
-        &decision,
+        &recorded,
         &challenge,
         label,
     ))
