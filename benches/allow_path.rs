@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{HOST, TARGET, h1, pct, tcp, tls, tls_config};
+use common::{HOST, Load, TARGET, h1, pct, tcp, tls, tls_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -240,25 +240,6 @@ async fn fetch(s: &mut http1::SendRequest<ReqBody>) -> Duration {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], BODY);
     t.elapsed()
-}
-
-/// How the connections send.
-#[derive(Clone, Copy, Debug)]
-enum Load {
-    /// Each connection sends its next request as soon as it has read the last answer.
-    Closed,
-    /// All connections together send this many requests a second, evenly spread (each
-    /// connection waits for its answer, so a slow answer delays its next request).
-    Paced(u32),
-}
-
-impl Load {
-    fn label(self) -> String {
-        match self {
-            Load::Closed => "closed loop".into(),
-            Load::Paced(r) => format!("paced {r}/s"),
-        }
-    }
 }
 
 struct Run {

@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{HOST, ReqBody, h1, pct, tcp, tls, tls_config};
+use common::{HOST, Load, ReqBody, h1, pct, tcp, tls, tls_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
@@ -550,32 +550,12 @@ impl Gate {
 
     /// A GET to the dashboard as the reviewer.
     async fn get(&self, path: &str) -> Bytes {
-        let s = TcpStream::connect(self.dashboard).await.unwrap();
-        let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::get(path)
-            .header("host", self.dashboard.to_string())
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200, "GET {path}");
-        resp.into_body().collect().await.unwrap().to_bytes()
+        common::dashboard_get(self.dashboard, &self.token, path).await
     }
 
     /// The `held_requests` gauge of `/metrics`.
     async fn held(&self) -> i64 {
-        let text = self.get("/metrics").await;
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find(|l| !l.starts_with('#') && l.contains("held_requests"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1)
+        common::held_gauge(self.dashboard, &self.token).await
     }
 
     /// `GET /api/audit/verify`: records walked, and whether the chain holds.
@@ -764,23 +744,6 @@ async fn fetch(s: &mut http1::SendRequest<ReqBody>, via: Via) -> Duration {
         String::from_utf8_lossy(&body)
     );
     t.elapsed()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Load {
-    /// Each connection sends its next request as soon as it has read the last answer.
-    Closed,
-    /// All connections together send this many requests a second, evenly spread.
-    Paced(u32),
-}
-
-impl Load {
-    fn label(self) -> String {
-        match self {
-            Load::Closed => "closed loop".into(),
-            Load::Paced(r) => format!("paced {r}/s"),
-        }
-    }
 }
 
 /// One measured window.

@@ -34,6 +34,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -271,26 +273,12 @@ impl Gate {
 
     /// A GET to the dashboard, as the reviewer, on a fresh connection.
     async fn get(&self, path: &str) -> Bytes {
-        let mut send = dashboard_conn(self.dashboard).await;
-        let req = Request::get(path)
-            .header("host", self.dashboard.to_string())
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200, "GET {path}");
-        resp.into_body().collect().await.unwrap().to_bytes()
+        common::dashboard_get(self.dashboard, &self.token, path).await
     }
 
     /// The `held_requests` gauge.
     async fn held(&self) -> i64 {
-        let text = self.get("/metrics").await;
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find(|l| !l.starts_with('#') && l.contains("held_requests"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1)
+        common::held_gauge(self.dashboard, &self.token).await
     }
 
     async fn stop(mut self) {

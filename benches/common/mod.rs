@@ -307,6 +307,57 @@ pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
     (out, t.elapsed())
 }
 
+/// How a measurement's connections send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Each connection sends its next request as soon as it has read the last answer.
+    Closed,
+    /// All connections together send this many requests a second, evenly spread (each
+    /// connection waits for its answer, so a slow answer delays its next request).
+    Paced(u32),
+}
+
+impl Load {
+    pub fn label(self) -> String {
+        match self {
+            Load::Closed => "closed loop".into(),
+            Load::Paced(r) => format!("paced {r}/s"),
+        }
+    }
+}
+
+/// A GET to a gate's dashboard at `addr` as the reviewer holding `token`, on a fresh
+/// connection; the body of its `200`.
+pub async fn dashboard_get(addr: SocketAddr, token: &str, path: &str) -> Bytes {
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// The `held_requests` gauge of the gate's `/metrics` (-1 when it is missing).
+pub async fn held_gauge(addr: SocketAddr, token: &str) -> i64 {
+    let text = dashboard_get(addr, token, "/metrics").await;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| !l.starts_with('#') && l.contains("held_requests"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
 #[path = "../estimates/mod.rs"]
 mod estimates;
 #[allow(unused_imports)]
