@@ -44,6 +44,7 @@ pub struct Metrics {
     fired_on_error: Family<RuleLabels, Counter>,
     audit_write_errors: Counter<u64, AtomicU64>,
     policy_reloads: Family<ResultLabels, Counter>,
+    resident: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,8 +116,15 @@ impl Metrics {
             "Policy set loads, by result (loaded or failed)",
             policy_reloads.clone(),
         );
+        let resident = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the gate's process (VmRSS), read at each scrape",
+            resident.clone(),
+        );
         Metrics {
             registry,
+            resident,
             requests,
             request_seconds,
             upstream_seconds,
@@ -181,6 +189,9 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
+        if let Some(bytes) = resident_bytes() {
+            self.resident.set(bytes);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -190,9 +201,35 @@ impl Metrics {
     }
 }
 
+/// This process's resident memory, from `/proc/self/status` (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_memory_is_read_at_each_scrape() {
+        let m = Metrics::new();
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("agentgate_resident_memory_bytes "))
+            .unwrap();
+        let bytes: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // More than a megabyte, less than the machine.
+        assert!(bytes > 1 << 20 && bytes < 1 << 40, "{line}");
+    }
 
     #[test]
     fn counts_show_in_the_text() {
