@@ -324,16 +324,7 @@ fn measure(
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(1 << 16);
                 let mut sent = 0u64;
-                let mut tick = match load {
-                    Load::Closed => None,
-                    Load::Paced(rate) => {
-                        let every = Duration::from_secs_f64(conns as f64 / rate as f64);
-                        let offset = every.mul_f64(i as f64 / conns as f64);
-                        let mut t = tokio::time::interval_at(start + offset, every);
-                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        Some(t)
-                    }
-                };
+                let mut tick = load.ticker(start, i, conns);
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(t) = &mut tick {
                         t.tick().await;

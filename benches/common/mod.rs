@@ -324,6 +324,26 @@ impl Load {
             Load::Paced(r) => format!("paced {r}/s"),
         }
     }
+
+    /// The send ticks of connection `i` of `conns` from `start` (`None` for a closed loop):
+    /// each connection at `conns / rate` seconds, the connections evenly staggered.
+    pub fn ticker(
+        self,
+        start: tokio::time::Instant,
+        i: usize,
+        conns: usize,
+    ) -> Option<tokio::time::Interval> {
+        match self {
+            Load::Closed => None,
+            Load::Paced(rate) => {
+                let every = Duration::from_secs_f64(conns as f64 / f64::from(rate));
+                let offset = every.mul_f64(i as f64 / conns as f64);
+                let mut t = tokio::time::interval_at(start + offset, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(t)
+            }
+        }
+    }
 }
 
 /// A GET to a gate's dashboard at `addr` as the reviewer holding `token`, on a fresh
