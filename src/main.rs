@@ -8,6 +8,10 @@ use agentgate::config::Config;
 use agentgate::{agent_env, app, challenges_cli, tls};
 use clap::{Parser, Subcommand};
 
+/// The process's allocator (see the note on `mimalloc` in Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agentgate",

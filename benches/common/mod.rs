@@ -3,7 +3,13 @@
 //! so the client never competes with the gate for the server's worker threads.
 //!
 //! Every socket is on 127.0.0.1; nothing leaves the machine.
+//!
+//! The benches that run the gate in their own process use the allocator the `agentgate`
+//! binary uses (mimalloc; see `src/main.rs`), so that they measure what ships.
 #![allow(dead_code)]
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
