@@ -479,6 +479,107 @@ async fn concurrent_appends_get_distinct_numbers_and_one_chain() {
     assert!(stats.commits < 1600, "{stats:?}");
 }
 
+/// A sled sink that notes the name of the thread each sync runs on, and how long it took.
+#[derive(Debug)]
+struct Watched {
+    inner: SledSink,
+    syncs: std::sync::Mutex<Vec<(String, Duration)>>,
+}
+
+impl Watched {
+    fn threads(&self) -> Vec<String> {
+        let syncs = self.syncs.lock().unwrap();
+        syncs.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    fn last_took(&self) -> Duration {
+        let syncs = self.syncs.lock().unwrap();
+        syncs.last().map_or(Duration::ZERO, |(_, took)| *took)
+    }
+}
+
+impl Sink for Watched {
+    fn put(&self, seq: u64, value: &[u8]) -> Result<(), AuditError> {
+        self.inner.put(seq, value)
+    }
+    fn sync(&self) -> Result<(), AuditError> {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        let start = std::time::Instant::now();
+        let done = self.inner.sync();
+        self.syncs.lock().unwrap().push((name, start.elapsed()));
+        done
+    }
+    fn last(&self) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+        self.inner.last()
+    }
+    fn scan(&self, from: u64) -> Scan<'_> {
+        self.inner.scan(from)
+    }
+    fn remove(&self, seq: u64) -> Result<(), AuditError> {
+        self.inner.remove(seq)
+    }
+}
+
+/// Decides 5 records apart, then 32 at once, on the test's runtime; returns the
+/// threads the first 5 syncs ran on, after checking that all 37 decisions are durable and the
+/// chain verifies.
+async fn sync_threads(tag: &str) -> Vec<String> {
+    let dir = TempDir::new(tag);
+    let db = db(&dir);
+    let sink = Arc::new(Watched {
+        inner: SledSink::open(&db, &state(&dir)).unwrap(),
+        syncs: std::sync::Mutex::new(Vec::new()),
+    });
+    let audit = Arc::new(Audit::with_sink(sink.clone(), Retention::FOREVER).unwrap());
+    // In a task, as the gate's requests are (the test's body runs on no worker thread), and
+    // apart: a decision leads its own round only when the commits are quiet (the last round
+    // ended at least as long ago as it took).
+    let (a, s) = (audit.clone(), sink.clone());
+    tokio::spawn(async move {
+        for i in 0..5 {
+            tokio::time::sleep(s.last_took() + Duration::from_millis(20)).await;
+            fill(&a, T0 + i * MIN, 1).await;
+        }
+    })
+    .await
+    .unwrap();
+    let alone = sink.threads();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let rec = decided(T0 + i, "coder", "github.issues.create", Effect::Allow);
+            audit.decision(rec).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = audit.stats();
+    assert_eq!(stats.durable, 37, "{stats:?}");
+    assert_eq!(stats.last_seq, 42);
+    assert!(stats.commits <= sink.threads().len() as u64);
+    let report = audit.verify();
+    assert!(report.is_ok(), "{report}");
+    alone
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_decision_is_made_durable_by_its_own_task_without_a_handoff() {
+    let alone = sync_threads("lone-multi").await;
+    assert_eq!(alone.len(), 5, "{alone:?}");
+    for name in &alone {
+        assert_eq!(name, "tokio-rt-worker", "{alone:?}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn on_a_current_thread_runtime_the_commit_thread_syncs() {
+    // Blocking its one thread would stop every task: the commit thread does every round.
+    let alone = sync_threads("lone-current").await;
+    assert_eq!(alone, vec!["audit-commit"; 5]);
+}
+
 /// A sled sink whose writes fail on demand (root ignores a read-only directory).
 #[derive(Debug)]
 struct Flaky {

@@ -1,18 +1,32 @@
-//! Group commit: one thread makes appended records durable in rounds. A round takes every
-//! waiter queued so far (their records are already in the store), syncs the store once, and
-//! answers them all with the result. Records appended while a sync runs wait for the next
-//! round, so under load one fsync serves many requests, and alone a record waits for one.
+//! Group commit: appended records are made durable in rounds. A round syncs the store once,
+//! which covers every record appended before it began.
+//!
+//! - **Alone, a request leads its own round** ([`Committer::durable`]): when no round runs,
+//!   nobody waits and the commits are quiet (the last round ended at least as long ago as it
+//!   took: the store is idle at least half the time), the request's task syncs the store
+//!   itself, on its worker thread. No thread is woken to sync and none to answer: at a few
+//!   thousand requests a second most commits are alone, and on a VM each wake-up costs tens
+//!   of microseconds (BENCHMARKS.md, *Allow path with audit*: 8.4 context switches a request
+//!   instead of 12.3). The worker is held for the sync; one round runs at a time, so at most
+//!   one worker is, and the others take its queued tasks. `block_in_place` would free it,
+//!   but handing the worker's core to another thread cost more than the wake-ups it saves.
+//! - **Otherwise it queues** for the commit thread, whose round takes every waiter queued so
+//!   far, syncs once and answers them all. Records appended while a sync runs wait for the
+//!   next round, so under load (rounds back to back) one fsync serves many requests.
+//!
+//! Either way a request is answered by a sync that began after its record was appended.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::{AuditError, AuditStats, Sink};
 
 /// Told when its record is durable, or why it is not.
-pub(super) type Waiter = oneshot::Sender<Result<(), AuditError>>;
+type Waiter = oneshot::Sender<Result<(), AuditError>>;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -70,7 +84,20 @@ impl Health {
 #[derive(Default)]
 struct Queue {
     waiting: Vec<Waiter>,
+    /// Rounds running now (the thread's, a leader's; at most one of each).
+    running: u32,
+    /// When the last round ended plus what it took: a request leads only from then on.
+    quiet_from: Option<Instant>,
     closed: bool,
+}
+
+impl Queue {
+    /// A round that began at `start` has ended.
+    fn ended(&mut self, start: Instant) {
+        self.running -= 1;
+        let now = Instant::now();
+        self.quiet_from = Some(now + now.duration_since(start));
+    }
 }
 
 #[derive(Default)]
@@ -82,6 +109,8 @@ struct Shared {
 /// The commit thread and its queue.
 pub(super) struct Committer {
     shared: Arc<Shared>,
+    sink: Arc<dyn Sink>,
+    health: Arc<Health>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -98,19 +127,60 @@ impl std::fmt::Debug for Committer {
 impl Committer {
     pub(super) fn start(sink: Arc<dyn Sink>, health: Arc<Health>) -> Result<Committer, AuditError> {
         let shared = Arc::new(Shared::default());
-        let s = shared.clone();
+        let (s, sk, h) = (shared.clone(), sink.clone(), health.clone());
         let thread = std::thread::Builder::new()
             .name("audit-commit".into())
-            .spawn(move || run(&s, &*sink, &health))
+            .spawn(move || run(&s, &*sk, &h))
             .map_err(|e| AuditError::Store(format!("cannot start the commit thread: {e}")))?;
         Ok(Committer {
             shared,
+            sink,
+            health,
             thread: Some(thread),
         })
     }
 
+    /// Resolves once every record appended before the call is durable, or with why it is
+    /// not: a round of its own when it is alone (see the module doc), else the commit
+    /// thread's next round.
+    pub(super) async fn durable(&self) -> Result<(), AuditError> {
+        if let Some(done) = self.lead() {
+            return done;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(tx);
+        rx.await.unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Syncs on the calling thread when it is a task of a multi-thread runtime (on a
+    /// current-thread runtime, blocking would stop every task), no round runs, nobody waits
+    /// and the commits are quiet (see the module doc); `None` otherwise.
+    fn lead(&self) -> Option<Result<(), AuditError>> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            return None;
+        }
+        let start = Instant::now();
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.closed
+                || q.running > 0
+                || !q.waiting.is_empty()
+                || q.quiet_from.is_some_and(|t| start < t)
+            {
+                return None;
+            }
+            q.running += 1;
+        }
+        let done = round(&*self.sink, &self.health, 1);
+        // Those who queued while this ran woke the thread already (the queue was empty).
+        lock(&self.shared.queue).ended(start);
+        Some(done)
+    }
+
     /// Queues `w`, whose record is already stored, for the next round.
-    pub(super) fn enqueue(&self, w: Waiter) {
+    fn enqueue(&self, w: Waiter) {
         let mut q = lock(&self.shared.queue);
         if q.closed {
             // Dropping `w` tells its waiter the log is closed.
@@ -138,9 +208,19 @@ impl Drop for Committer {
     }
 }
 
+/// One sync of the store for `waiters` requests, counted in `health`.
+fn round(sink: &dyn Sink, health: &Health, waiters: u64) -> Result<(), AuditError> {
+    let result = sink.sync();
+    match &result {
+        Ok(()) => health.committed(waiters),
+        Err(e) => health.failed(e),
+    }
+    result
+}
+
 fn run(shared: &Shared, sink: &dyn Sink, health: &Health) {
     loop {
-        let round = {
+        let waiting = {
             let mut q = lock(&shared.queue);
             while q.waiting.is_empty() && !q.closed {
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
@@ -148,14 +228,13 @@ fn run(shared: &Shared, sink: &dyn Sink, health: &Health) {
             if q.waiting.is_empty() {
                 return;
             }
+            q.running += 1;
             std::mem::take(&mut q.waiting)
         };
-        let result = sink.sync();
-        match &result {
-            Ok(()) => health.committed(round.len() as u64),
-            Err(e) => health.failed(e),
-        }
-        for w in round {
+        let start = Instant::now();
+        let result = round(sink, health, waiting.len() as u64);
+        lock(&shared.queue).ended(start);
+        for w in waiting {
             // A waiter that went away (its request was dropped) needs no answer.
             let _ = w.send(result.clone());
         }

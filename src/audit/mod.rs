@@ -135,9 +135,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
-use commit::{Committer, Health, Waiter, lock};
+use commit::{Committer, Health, lock};
 pub use export::{Broken, Export, Filter, VerifyReport, verify};
 pub use record::{
     AuditAction, Checkpoint, DecisionRecord, Entry, GENESIS, HASH_LEN, OutcomeEntry, OutcomeRecord,
@@ -334,23 +334,14 @@ impl Audit {
     /// after the record was appended leaves the record in the log.
     pub async fn decision(&self, rec: DecisionRecord) -> Result<u64, AuditError> {
         let json = Entry::Decision(Box::new(rec.redacted())).to_json()?;
-        let (tx, rx) = oneshot::channel();
-        let (seq, value, hash) = self.append(&json, Some(tx))?;
-        // Made while the commit runs; sent once it is done.
-        let feed = (self.durable.receiver_count() > 0)
-            .then(|| api_json(&value, &hash))
-            .flatten();
-        drop(value);
-        match rx.await {
-            Ok(Ok(())) => {
-                if let Some(json) = feed {
-                    let _ = self.durable.send(Durable { seq, json });
-                }
-                Ok(seq)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(AuditError::Closed),
+        let (seq, value, hash) = self.append(&json)?;
+        self.committer.durable().await?;
+        if self.durable.receiver_count() > 0
+            && let Some(json) = api_json(&value, &hash)
+        {
+            let _ = self.durable.send(Durable { seq, json });
         }
+        Ok(seq)
     }
 
     /// The decision records from now on, each sent once it is durable, in the form
@@ -364,16 +355,12 @@ impl Audit {
     /// durability (the next group commit covers it).
     pub fn outcome(&self, decision_seq: u64, rec: OutcomeRecord) -> Result<u64, AuditError> {
         let json = Entry::Outcome(OutcomeEntry::new(decision_seq, &rec)).to_json()?;
-        self.append(&json, None).map(|(seq, _, _)| seq)
+        self.append(&json).map(|(seq, _, _)| seq)
     }
 
-    /// Numbers, chains and stores one record; queues `waiter` for the next commit. Returns the
-    /// sequence number, the stored value and its body's hash.
-    fn append(
-        &self,
-        json: &[u8],
-        waiter: Option<Waiter>,
-    ) -> Result<(u64, Vec<u8>, [u8; record::HASH_LEN]), AuditError> {
+    /// Numbers, chains and stores one record (not yet durable). Returns the sequence number,
+    /// the stored value and its body's hash.
+    fn append(&self, json: &[u8]) -> Result<(u64, Vec<u8>, [u8; record::HASH_LEN]), AuditError> {
         let mut chain = lock(&self.chain);
         if chain.closed {
             return Err(AuditError::Closed);
@@ -392,9 +379,6 @@ impl Audit {
         if self.retention.max_bytes.is_some() {
             self.bytes
                 .fetch_add(8 + value.len() as u64, Ordering::Relaxed);
-        }
-        if let Some(w) = waiter {
-            self.committer.enqueue(w);
         }
         Ok((seq, value, hash))
     }
@@ -470,7 +454,7 @@ impl Audit {
             anchor: hex::encode(last.hash),
             pruned: victims.len() as u64,
         };
-        self.append(&Entry::Checkpoint(checkpoint).to_json()?, None)?;
+        self.append(&Entry::Checkpoint(checkpoint).to_json()?)?;
         if let Err(e) = self.sink.sync() {
             self.health.failed(&e);
             return Err(e);
