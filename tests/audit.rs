@@ -580,6 +580,13 @@ async fn on_a_current_thread_runtime_the_commit_thread_syncs() {
     assert_eq!(alone, vec!["audit-commit"; 5]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn on_a_one_worker_runtime_the_commit_thread_syncs() {
+    // No other worker would take the blocked one's tasks.
+    let alone = sync_threads("lone-one-worker").await;
+    assert_eq!(alone, vec!["audit-commit"; 5]);
+}
+
 /// A sled sink whose writes fail on demand (root ignores a read-only directory).
 #[derive(Debug)]
 struct Flaky {

@@ -4,12 +4,13 @@
 //! - **Alone, a request leads its own round** ([`Committer::durable`]): when no round runs,
 //!   nobody waits and the commits are quiet (the last round ended at least as long ago as it
 //!   took: the store is idle at least half the time), the request's task syncs the store
-//!   itself, on its worker thread. No thread is woken to sync and none to answer: at a few
-//!   thousand requests a second most commits are alone, and on a VM each wake-up costs tens
-//!   of microseconds (BENCHMARKS.md, *Allow path with audit*: 8.4 context switches a request
-//!   instead of 12.3). The worker is held for the sync; one round runs at a time, so at most
-//!   one worker is, and the others take its queued tasks. `block_in_place` would free it,
-//!   but handing the worker's core to another thread cost more than the wake-ups it saves.
+//!   itself, on its worker thread, if the runtime has other workers. No thread is woken to
+//!   sync and none to answer: at a few thousand requests a second most commits are alone,
+//!   and on a VM each wake-up costs tens of microseconds (BENCHMARKS.md, *Allocator and lone
+//!   commits*: 8.3 context switches a request instead of 12.0). The worker is held for the
+//!   sync; one round runs at a time, so at most one worker is, and the others take its
+//!   queued tasks. `block_in_place` would free it, but handing the worker's core to another
+//!   thread cost more than the wake-ups it saves.
 //! - **Otherwise it queues** for the commit thread, whose round takes every waiter queued so
 //!   far, syncs once and answers them all. Records appended while a sync runs wait for the
 //!   next round, so under load (rounds back to back) one fsync serves many requests.
@@ -152,13 +153,16 @@ impl Committer {
         rx.await.unwrap_or(Err(AuditError::Closed))
     }
 
-    /// Syncs on the calling thread when it is a task of a multi-thread runtime (on a
-    /// current-thread runtime, blocking would stop every task), no round runs, nobody waits
-    /// and the commits are quiet (see the module doc); `None` otherwise.
+    /// Syncs on the calling thread when it is a task of a runtime with other workers to take
+    /// its tasks meanwhile (on a current-thread or one-worker runtime, blocking would stop
+    /// every task), no round runs, nobody waits and the commits are quiet (see the module
+    /// doc); `None` otherwise.
     fn lead(&self) -> Option<Result<(), AuditError>> {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread {
+        let others_work = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && h.metrics().num_workers() > 1
+        });
+        if !others_work {
             return None;
         }
         let start = Instant::now();
