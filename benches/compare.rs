@@ -449,14 +449,6 @@ fn ours_cpu(procs: &[&Proc]) -> f64 {
     me + procs.iter().map(|p| p.cpu()).sum::<f64>()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn agent_name(k: usize) -> String {
     format!("agent-{k:02}")
 }
@@ -492,8 +484,12 @@ impl Gate {
         upstream_ca.write_pem(root, "upstream-ca.pem");
         std::fs::create_dir_all(root.join("policies")).unwrap();
         std::fs::write(root.join("policies/bench.policy"), policy).unwrap();
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dashboard: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let dashboard: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
         let mut text = format!(
             "[proxy]\nlisten = \"{proxy}\"\n[dashboard]\nlisten = \"{dashboard}\"\n\
              [paths]\ncerts = \"certs\"\npolicies = \"policies\"\ndata = \"data\"\n\
@@ -579,7 +575,7 @@ impl Mitm {
         let dir = TempDir::new("compare-mitm");
         let ca_file = upstream_ca.write_pem(dir.path(), "upstream-ca.pem");
         let confdir = dir.path().join("conf");
-        let port = free_port();
+        let port = support::free_port();
         let mut cmd = Command::new(mitmdump);
         cmd.arg("-q")
             .args(["--listen-host", "127.0.0.1", "--listen-port"])

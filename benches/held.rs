@@ -89,14 +89,6 @@ fn agent_token(k: usize) -> String {
     format!("agt_bench-agent-{k:03}-token-0123456789abcdef")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The fake GitHub: HTTPS with h2 and http/1.1; notes when each numbered request reached its
 /// handler (time since `epoch()`), answers 201.
 struct Upstream {
@@ -169,8 +161,12 @@ impl Gate {
         upstream_ca.write_pem(root, "upstream-ca.pem");
         std::fs::create_dir_all(root.join("policies")).unwrap();
         std::fs::write(root.join("policies/held.policy"), POLICY).unwrap();
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dashboard: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let dashboard: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
         let mut text = format!(
             "[proxy]\nlisten = \"{proxy}\"\n[dashboard]\nlisten = \"{dashboard}\"\n\
              [paths]\ncerts = \"certs\"\npolicies = \"policies\"\ndata = \"data\"\n\

@@ -31,14 +31,6 @@ const USER: &str = "auth0|audited";
 /// The real token the env vault hands the gate (`AGENTGATE_GITHUB_TOKEN`).
 const VAULT_TOKEN: &str = "ghs_VaultTokenTheGateInjects0123456789abcd";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A gate's directory: `agentgate.toml` sending api.github.com to `upstream`, the shipped
 /// default policy (written by the gate on its first start), the env vault.
 struct Setup {
@@ -52,8 +44,12 @@ impl Setup {
     fn new(tag: &str, ca: &TestCa, upstream: std::net::SocketAddr) -> Setup {
         let dir = TempDir::new(tag);
         ca.write_pem(dir.path(), "upstream-ca.pem");
-        let proxy: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dashboard: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let dashboard: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
         let text = format!(
             r#"
 [proxy]

@@ -15,14 +15,6 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentgate");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Writes a config for a gate that sends api.github.com to `upstream` and trusts `ca`.
 fn write_config(dir: &Path, ca: &TestCa, upstream: std::net::SocketAddr) -> std::path::PathBuf {
     ca.write_pem(dir, "upstream-ca.pem");
@@ -40,8 +32,8 @@ extra_roots = ["upstream-ca.pem"]
 [upstream.overrides]
 "api.github.com" = "{upstream}"
 "#,
-        proxy = free_port(),
-        dash = free_port(),
+        proxy = support::free_port(),
+        dash = support::free_port(),
     );
     let path = dir.join("agentgate.toml");
     std::fs::write(&path, text).unwrap();

@@ -1123,7 +1123,7 @@ async fn an_unreachable_upstream_is_a_502_that_holds_no_token() {
     let (_up, gate) = gate(|c| {
         c.upstream.overrides.insert(
             "www.googleapis.com".into(),
-            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", support::free_port()),
         );
     })
     .await;
@@ -1208,22 +1208,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_agentgate");
 const ORPHAN: &str = "orphan";
 const ORPHAN_TOKEN: &str = "agt_orphan-agent-token";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A config for the binary: the provider hosts sent to `up` (www.googleapis.com to a closed
 /// port), the file vault, the test agent and an agent whose vault user has no tokens.
 fn write_config(dir: &Path, ca: &TestCa, up: std::net::SocketAddr) -> (PathBuf, u16) {
     ca.write_pem(dir, "upstream-ca.pem");
     write_vault_file(dir);
-    let port = free_port();
+    let port = support::free_port();
     // www.googleapis.com goes nowhere: a request the token was set on, then not delivered.
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::free_port());
     let overrides: String = HOSTS
         .iter()
         .map(|h| match *h {
@@ -1255,7 +1247,7 @@ name = "{ORPHAN}"
 token_sha256 = "{orphan}"
 user = "auth0|nobody"
 "#,
-        dash = free_port(),
+        dash = support::free_port(),
         agent = hex::encode(agentgate::agents::sha256(TEST_TOKEN)),
         orphan = hex::encode(agentgate::agents::sha256(ORPHAN_TOKEN)),
     );

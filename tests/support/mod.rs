@@ -949,3 +949,13 @@ fn unquote(s: &str) -> String {
         .unwrap_or_else(|| panic!("not single-quoted: {s}"))
         .replace(r"'\''", "'")
 }
+
+/// A loopback port that was free a moment ago (for a process that must be told its port before
+/// it starts; the port is released before it returns, so another process could take it first).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
