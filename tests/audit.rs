@@ -58,6 +58,13 @@ fn tree(db: &sled::Db) -> sled::Tree {
     db.open_tree(SledSink::TREE).unwrap()
 }
 
+/// The gate's store writes its tree behind the journal (see `SledSink`): a checkpoint puts
+/// every record appended so far in the tree, as a stopped gate's store holds them, before a
+/// test edits the tree the way someone with the files would.
+fn settle(audit: &Audit) {
+    audit.checkpoint().unwrap();
+}
+
 /// A decision about one action, built the way the proxy builds it.
 fn decided(t: i64, agent: &str, action: &str, effect: Effect) -> DecisionRecord {
     let mut params = Map::new();
@@ -193,6 +200,7 @@ async fn changing_any_byte_of_a_record_is_found_and_named() {
     let db = db(&dir);
     let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
     fill(&audit, T0, 10).await;
+    settle(&audit);
     let tree = tree(&db);
     for seq in [1u64, 7, 20] {
         let key = seq.to_be_bytes();
@@ -220,6 +228,7 @@ async fn a_record_rewritten_with_a_fresh_hash_breaks_the_next_link() {
     let db = db(&dir);
     let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
     fill(&audit, T0, 10).await;
+    settle(&audit);
     let tree = tree(&db);
     let v = tree.get(8u64.to_be_bytes()).unwrap().unwrap();
     let body = String::from_utf8(v[32..].to_vec()).unwrap();
@@ -244,6 +253,7 @@ async fn a_removed_record_is_found_and_named() {
     let db = db(&dir);
     let audit = Audit::open(&db, &state(&dir), Retention::FOREVER).unwrap();
     fill(&audit, T0, 10).await;
+    settle(&audit);
     let tree = tree(&db);
     tree.remove(9u64.to_be_bytes()).unwrap();
     let report = audit.verify();
@@ -300,6 +310,7 @@ async fn pruning_by_age_leaves_a_remainder_that_verifies() {
     let db = agentgate::store::open_unshared(&state(&dir)).unwrap();
     let audit = Audit::open(&db, &state(&dir), retention).unwrap();
     fill(&audit, T0, 10).await;
+    settle(&audit);
     let tree = db.open_tree(SledSink::TREE).unwrap();
     let kept: Vec<_> = (8u64..=10)
         .map(|seq| tree.get(seq.to_be_bytes()).unwrap().unwrap())
@@ -350,6 +361,7 @@ async fn pruning_by_size_keeps_the_newest_records_within_the_limit() {
 
     // Nothing over the limit any more.
     fill(&audit, T0 + 300 * MIN, 1).await;
+    settle(&audit);
     let before = tree.len();
     audit.prune(T0 + 301 * MIN).unwrap();
     assert!(tree.len() <= before);
@@ -366,6 +378,7 @@ async fn pruning_refuses_a_damaged_range() {
     };
     let audit = Audit::open(&db, &state(&dir), retention).unwrap();
     fill(&audit, T0, 10).await;
+    settle(&audit);
     let tree = tree(&db);
     let mut v = tree.get(5u64.to_be_bytes()).unwrap().unwrap().to_vec();
     let n = v.len();

@@ -69,8 +69,10 @@
 //!
 //! # Durability
 //! Appending ([`Audit::decision`], [`Audit::outcome`], a checkpoint) takes the chain lock,
-//! numbers the record, links it to the previous hash, inserts it into the tree, and releases
-//! the lock; records are therefore stored in sequence order. [`Audit::decision`] then waits
+//! numbers the record, links it to the previous hash, hands it to the store ([`Sink::put`]),
+//! and releases the lock; records are therefore stored in sequence order. (In the gate, `put`
+//! queues the record for the journal and for the tree, and the tree is written behind, in
+//! batches: see [`SledSink`].) [`Audit::decision`] then waits
 //! for a *group commit*: a dedicated thread (`audit-commit`) takes every waiter queued so far,
 //! syncs the store once ([`Sink::sync`]), and wakes them all with its result. Records appended
 //! during a sync share the next one, so 32 concurrent requests pay for a few syncs instead of

@@ -4,12 +4,27 @@
 //!
 //! A record is durable once it is in the journal ([`super::journal`]: one write and one
 //! `fdatasync` of a preallocated file per group commit) or once sled itself has synced it.
-//! [`SledSink::sync`] writes the journal. A thread of its own (`audit-checkpoint`) switches
-//! the journal's two logs every 64 KiB or 50 ms and syncs sled while commits go on, which
-//! frees the old log. When sled cannot be synced, every later sync retries it first and fails
-//! while it fails: a store sled cannot write to refuses requests, even though the journal
-//! could still take them. A batch larger than a log can hold is made durable by syncing sled
-//! on the spot.
+//! [`SledSink::sync`] writes the journal. A thread of its own (`audit-checkpoint`) inserts the
+//! records put since its last round into the tree, in sequence order, at least every 25 ms;
+//! it switches the journal's two logs every 64 KiB or 50 ms and syncs sled while commits go
+//! on, which frees the old log.
+//!
+//! # Why the tree is written behind
+//! A sled insert costs several microseconds (more when a leaf splits), and records must enter
+//! the tree in sequence order (sled recovers a prefix of what was inserted, and the journal's
+//! recovery puts back a run at the end). Inserting at [`Sink::put`], under the chain's lock,
+//! put that cost on every request and made concurrent requests queue for the lock, blocking
+//! their worker threads. So `put` only queues the record, for the journal's next write and
+//! for the tree; the checkpoint thread does the inserts in batches, off the requests' path.
+//! Durability does not depend on the tree (the journal has every committed record), and every
+//! reader ([`Sink::last`], [`Sink::scan`], [`Sink::remove`]) and every sync of sled first
+//! inserts whatever is queued, so they see every record put before them.
+//!
+//! # Failures
+//! When sled cannot be synced, or refuses a queued record, every later sync retries it first
+//! and fails while it fails: a store sled cannot write to refuses requests, even though the
+//! journal could still take them. A batch larger than a log can hold is made durable by
+//! syncing sled on the spot.
 //!
 //! Syncing sled is [`crate::store::Durable::sync`]: sled's flush, then `fdatasync` of its log
 //! and `fsync` of new blob files, durable against power loss, not only against a crash of the
@@ -57,7 +72,30 @@ pub trait Sink: Send + Sync + fmt::Debug {
 /// the journal.
 #[derive(Clone)]
 pub struct SledSink {
+    /// Declared before `inner`, so dropped before it: see [`Checkpointer`].
+    thread: Option<Arc<Checkpointer>>,
     inner: Arc<Inner>,
+}
+
+/// The checkpoint thread, stopped and waited for when the last handle of the sink goes. A
+/// round holds the store for as long as it runs; without the wait, the last handle's drop
+/// could leave the round to close the store a little later, on its own thread, and the store
+/// (sled's lock on its directory) would still be held just after every handle was dropped.
+struct Checkpointer {
+    signal: Arc<Signal>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.signal.stop();
+        let handle = super::commit::lock(&self.handle).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("audit: the checkpoint thread panicked");
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -70,10 +108,21 @@ struct Inner {
 struct Journaled {
     /// Held for a whole sync: they run one at a time.
     state: Mutex<JournalState>,
-    /// Taken by each sync; `put` only appends to it.
-    pending: Mutex<Pending>,
+    /// What `put` queues. Lock order: `state`, then `storing`, then `queued`.
+    queued: Mutex<Queued>,
+    /// Held while queued records are inserted into the tree, so that they go in in order.
+    storing: Mutex<()>,
     /// Wakes the checkpoint thread, and tells it to stop.
     signal: Arc<Signal>,
+}
+
+/// Records put and not yet written to the journal, and not yet inserted into the tree.
+#[derive(Default)]
+struct Queued {
+    /// Taken by each sync of the journal.
+    batch: Pending,
+    /// Taken by [`Inner::store`], in sequence order.
+    unstored: Vec<(u64, sled::IVec)>,
 }
 
 struct JournalState {
@@ -93,6 +142,11 @@ struct Signal {
 impl Signal {
     fn ring(&self) {
         self.ring.notify_one();
+    }
+
+    fn stop(&self) {
+        *super::commit::lock(&self.stop) = true;
+        self.ring();
     }
 }
 
@@ -138,14 +192,20 @@ impl SledSink {
                 journal: Some(journal),
                 failing: None,
             }),
-            pending: Mutex::new(Pending::default()),
+            queued: Mutex::new(Queued::default()),
+            storing: Mutex::new(()),
             signal: signal.clone(),
         });
         let weak = Arc::downgrade(&sink.inner);
-        std::thread::Builder::new()
+        let theirs = signal.clone();
+        let handle = std::thread::Builder::new()
             .name("audit-checkpoint".into())
-            .spawn(move || checkpoints(&weak, &signal))
+            .spawn(move || checkpoints(&weak, &theirs))
             .map_err(|e| AuditError::Store(format!("cannot start the checkpoint thread: {e}")))?;
+        sink.thread = Some(Arc::new(Checkpointer {
+            signal,
+            handle: Mutex::new(Some(handle)),
+        }));
         Ok(sink)
     }
 
@@ -196,6 +256,7 @@ impl SledSink {
         let tree = db.open_tree(SledSink::TREE).map_err(write_err)?;
         let files = crate::store::Durable::open(dir).map_err(AuditError::Store)?;
         Ok(SledSink {
+            thread: None,
             inner: Arc::new(Inner {
                 tree,
                 files,
@@ -207,10 +268,10 @@ impl SledSink {
     /// Makes what is pending durable (see [`Inner::commit`]); puts it back if that fails.
     fn sync_journal(&self, j: &Journaled, in_store: bool) -> Result<(), AuditError> {
         let mut st = super::commit::lock(&j.state);
-        let mut batch = std::mem::take(&mut *super::commit::lock(&j.pending));
+        let mut batch = std::mem::take(&mut super::commit::lock(&j.queued).batch);
         let done = self.inner.commit(&mut st, &mut batch, in_store);
         if done.is_err() {
-            super::commit::lock(&j.pending).restore(batch);
+            super::commit::lock(&j.queued).batch.restore(batch);
         } else if st.journal.as_ref().is_some_and(Journal::switch_due) {
             j.signal.ring();
         }
@@ -219,11 +280,38 @@ impl SledSink {
 }
 
 impl Inner {
-    /// sled's flush, then `fdatasync` of its log and `fsync` of new blob files.
+    /// sled's flush, then `fdatasync` of its log and `fsync` of new blob files, after
+    /// inserting what is queued.
     fn sled_sync(&self) -> Result<(), AuditError> {
+        self.store()?;
         self.files
             .sync(&self.tree)
             .map_err(|e| AuditError::Store(e.to_string()))
+    }
+
+    /// Inserts the records queued so far into the tree, in sequence order. A record sled
+    /// refuses stays queued, with those after it, for the next try. Without a journal, `put`
+    /// inserts at once and there is nothing to do.
+    fn store(&self) -> Result<(), AuditError> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let _order = super::commit::lock(&j.storing);
+        let queued = std::mem::take(&mut super::commit::lock(&j.queued).unstored);
+        let mut records = queued.into_iter();
+        while let Some((seq, value)) = records.next() {
+            // A clone of an `IVec` this size shares its bytes.
+            if let Err(e) = self.tree.insert(seq.to_be_bytes(), value.clone()) {
+                let mut q = super::commit::lock(&j.queued);
+                let later = std::mem::take(&mut q.unstored);
+                q.unstored = std::iter::once((seq, value))
+                    .chain(records)
+                    .chain(later)
+                    .collect();
+                return Err(write_err(e));
+            }
+        }
+        Ok(())
     }
 
     /// Makes `batch` (and everything put before it) durable: in the journal; by syncing sled
@@ -263,8 +351,9 @@ impl Inner {
         done
     }
 
-    /// One round of the checkpoint thread: drains the inactive log (switching first when
-    /// the active one is due) by syncing sled, outside the journal's lock.
+    /// One round of the checkpoint thread, outside the journal's lock: inserts what is
+    /// queued into the tree, and drains the inactive log (switching first when the active
+    /// one is due) by syncing sled.
     fn checkpoint_round(&self, j: &Journaled) {
         let through = {
             let mut st = super::commit::lock(&j.state);
@@ -272,26 +361,34 @@ impl Inner {
                 return;
             };
             match journal.other() {
-                Other::Draining(t) => t,
-                Other::Ready if journal.switch_due() => journal.switch(),
-                Other::Ready => return,
+                Other::Draining(t) => Some(t),
+                Other::Ready if journal.switch_due() => Some(journal.switch()),
+                Other::Ready => None,
             }
+        };
+        let Some(through) = through else {
+            if let Err(e) = self.store() {
+                Inner::failed(&mut super::commit::lock(&j.state), e);
+            }
+            return;
         };
         let synced = self.sled_sync();
         let mut st = super::commit::lock(&j.state);
         let Some(journal) = st.journal.as_mut() else {
             return;
         };
-        let done = synced.and_then(|()| journal.drained(through).map_err(journal_err));
-        match done {
+        match synced.and_then(|()| journal.drained(through).map_err(journal_err)) {
             Ok(()) => st.failing = None,
-            Err(e) => {
-                if st.failing.is_none() {
-                    tracing::error!("audit: {e}; requests are refused until it succeeds");
-                }
-                st.failing = Some(e);
-            }
+            Err(e) => Inner::failed(&mut st, e),
         }
+    }
+
+    /// Sets the error every later commit fails with until sled is synced again.
+    fn failed(st: &mut JournalState, e: AuditError) {
+        if st.failing.is_none() {
+            tracing::error!("audit: {e}; requests are refused until it succeeds");
+        }
+        st.failing = Some(e);
     }
 }
 
@@ -325,14 +422,15 @@ impl Inner {
     /// [`AuditError::Closed`].
     fn close(&self) {
         let Some(j) = &self.journal else { return };
-        *super::commit::lock(&j.signal.stop) = true;
-        j.signal.ring();
+        j.signal.stop();
         let mut st = super::commit::lock(&j.state);
         let Some(mut journal) = st.journal.take() else {
             return;
         };
-        let pending = std::mem::take(&mut *super::commit::lock(&j.pending));
+        let pending = std::mem::take(&mut super::commit::lock(&j.queued).batch);
         if journal.is_clean() && pending.is_empty() {
+            // Everything put was written to the journal, and sled has synced (so inserted)
+            // every record the journal held.
             return;
         }
         let next = pending.last.max(journal.next() - 1) + 1;
@@ -371,13 +469,17 @@ fn seq_of(key: &[u8]) -> Result<u64, AuditError> {
 
 impl Sink for SledSink {
     fn put(&self, seq: u64, value: &[u8]) -> Result<(), AuditError> {
-        self.inner
-            .tree
-            .insert(seq.to_be_bytes(), value)
-            .map_err(write_err)?;
-        if let Some(j) = &self.inner.journal {
-            super::commit::lock(&j.pending).push(seq, value);
-        }
+        let Some(j) = &self.inner.journal else {
+            self.inner
+                .tree
+                .insert(seq.to_be_bytes(), value)
+                .map_err(write_err)?;
+            return Ok(());
+        };
+        let stored = sled::IVec::from(value);
+        let mut q = super::commit::lock(&j.queued);
+        q.batch.push(seq, value);
+        q.unstored.push((seq, stored));
         Ok(())
     }
 
@@ -400,6 +502,7 @@ impl Sink for SledSink {
     }
 
     fn last(&self) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+        self.inner.store()?;
         match self.inner.tree.last().map_err(read_err)? {
             None => Ok(None),
             Some((k, v)) => Ok(Some((seq_of(&k)?, v.to_vec()))),
@@ -407,6 +510,9 @@ impl Sink for SledSink {
     }
 
     fn scan(&self, from: u64) -> Scan<'_> {
+        if let Err(e) = self.inner.store() {
+            return Box::new(std::iter::once(Err(e)));
+        }
         Box::new(self.inner.tree.range(from.to_be_bytes()..).map(|item| {
             let (k, v) = item.map_err(read_err)?;
             Ok((seq_of(&k)?, v.to_vec()))
@@ -414,6 +520,7 @@ impl Sink for SledSink {
     }
 
     fn remove(&self, seq: u64) -> Result<(), AuditError> {
+        self.inner.store()?;
         self.inner
             .tree
             .remove(seq.to_be_bytes())
