@@ -582,13 +582,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn a_drained_log_is_recycled_and_no_longer_counts() {
-        let dir = tempdir("drained");
-        let (mut j, _) = open(&dir, 0);
+    /// A journal that wrote 1 to 3, switched, and wrote 4 and 5 to the other log.
+    fn switched_after_3(dir: &Path) -> Journal {
+        let (mut j, _) = open(dir, 0);
         assert!(j.write(&mut batch(1..=3)).unwrap());
         assert_eq!(j.switch(), 3);
         assert!(j.write(&mut batch(4..=5)).unwrap());
+        j
+    }
+
+    #[test]
+    fn a_drained_log_is_recycled_and_no_longer_counts() {
+        let dir = tempdir("drained");
+        let mut j = switched_after_3(&dir);
         assert_eq!(j.other(), Other::Draining(3));
         j.drained(3).unwrap();
         assert_eq!(j.other(), Other::Ready);
@@ -607,10 +613,7 @@ mod tests {
     #[test]
     fn a_recycled_header_lost_in_a_crash_leaves_only_entries_the_store_has() {
         let dir = tempdir("unsynced-header");
-        let (mut j, _) = open(&dir, 0);
-        assert!(j.write(&mut batch(1..=3)).unwrap());
-        assert_eq!(j.switch(), 3);
-        assert!(j.write(&mut batch(4..=5)).unwrap());
+        let mut j = switched_after_3(&dir);
         let mut old = [0u8; HEADER_USED];
         j.logs[0].file.read_exact_at(&mut old, 0).unwrap();
         j.drained(3).unwrap();
