@@ -83,14 +83,13 @@ pub struct SledSink {
 /// (sled's lock on its directory) would still be held just after every handle was dropped.
 struct Checkpointer {
     signal: Arc<Signal>,
-    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.signal.stop();
-        let handle = super::commit::lock(&self.handle).take();
-        if let Some(handle) = handle {
+        if let Some(handle) = self.handle.take() {
             if handle.join().is_err() {
                 tracing::error!("audit: the checkpoint thread panicked");
             }
@@ -204,7 +203,7 @@ impl SledSink {
             .map_err(|e| AuditError::Store(format!("cannot start the checkpoint thread: {e}")))?;
         sink.thread = Some(Arc::new(Checkpointer {
             signal,
-            handle: Mutex::new(Some(handle)),
+            handle: Some(handle),
         }));
         Ok(sink)
     }
