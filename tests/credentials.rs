@@ -1137,6 +1137,17 @@ async fn an_unreachable_upstream_is_a_502_that_holds_no_token() {
     .await;
     assert_eq!(got.status, 502, "{}", got.body);
     assert_eq!(got.json()["error"], "upstream_failed");
+    // The outcome record says the same, in words a reviewer reads.
+    let records = gate
+        .audit_until(|r| r.iter().any(|r| r["kind"] == "outcome"))
+        .await;
+    let outcome = records.iter().find(|r| r["kind"] == "outcome").unwrap();
+    assert_eq!(outcome["status"], serde_json::Value::Null, "{outcome}");
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("upstream_failed: the upstream www.googleapis.com could not be reached"),
+        "{error}"
+    );
 }
 
 // ---- Gmail batches -------------------------------------------------------------------------

@@ -164,7 +164,7 @@ fn record_outcome(
         time_ms: crate::decider::now_ms(),
         status: result.as_ref().ok().map(|r| r.status().as_u16()),
         latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
-        error: result.as_ref().err().map(|r| format!("{r:?}")),
+        error: result.as_ref().err().map(Refusal::for_audit),
     };
     if let Err(e) = state.audit.outcome(seq, outcome) {
         state.metrics.audit_write_error();

@@ -114,6 +114,15 @@ impl Refusal {
         }
     }
 
+    /// The refusal as the audit log's outcome records it: the code and the reason, as the
+    /// agent got them (`upstream_failed: the upstream ... could not be reached ...`).
+    pub fn for_audit(&self) -> String {
+        match self.code() {
+            Some(code) => format!("{code}: {}", self.reason()),
+            None => self.reason(),
+        }
+    }
+
     /// The JSON body the agent receives.
     pub fn body(&self, request_id: &RequestId) -> Value {
         match self {
