@@ -382,8 +382,9 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
-/// Durations of one durable decision at a time (sled flush + fdatasync through the audit's
-/// group commit with nobody to share it), on the filesystem of `dir`.
+/// Durations of one durable decision at a time (a journal write and its `fdatasync`, through
+/// the audit's commit thread with nobody to share it: the probe runs on a current-thread
+/// runtime), on the filesystem of `dir`.
 fn durable_record_alone(dir: &Path, n: usize) -> Vec<Duration> {
     use agentgate::actions::Action;
     use agentgate::audit::{Audit, DecisionRecord, Retention};
@@ -739,7 +740,7 @@ fn main() {
         let a = durable_record_alone(dir.path(), 2000);
         let [flush, sync, raw] = commit_parts(dir.path(), 2000);
         println!(
-            "  {name:<6} Audit::decision alone (sled flush + fdatasync)  {}",
+            "  {name:<6} Audit::decision alone (journal + fdatasync)     {}",
             f(&a)
         );
         println!(
