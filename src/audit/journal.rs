@@ -18,6 +18,17 @@
 //! *recycled* (a new header) and is ready for the next switch. A log that outgrows [`MAX`]
 //! before the other is ready is made durable by syncing sled on the spot (the slow path).
 //!
+//! # Growing ahead
+//! A log fills up when sled syncs more slowly than commits arrive (the other log is still
+//! draining). Growing it then, under the lock every commit waits for, stalled commits for as
+//! long as writing and syncing the new zeros took (tens of milliseconds for a few MiB). So a
+//! log is grown ahead of need, checked after each commit and on each checkpoint round
+//! ([`Journal::tend`]): the active log once it is half full, to twice its size, and the
+//! smaller log to the larger one's size. A thread of its own (`audit-grow`) writes the zeros
+//! past the log's end, syncing every [`GROW_STEP`] and publishing how far it got. Commits go
+//! on below the end, and a commit that needs the room waits only until the grower has synced
+//! it. A commit grows the log itself only when no growth is under way, or one failed.
+//!
 //! # Format
 //! ```text
 //! header (HEADER bytes): MAGIC, u32_le(pass), sha256(the 12 bytes before)[..8], zeros
@@ -50,7 +61,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -83,6 +95,11 @@ const DUE_BYTES: u64 = 64 << 10;
 const DUE_AGE: Duration = Duration::from_millis(50);
 /// How long opening waits for a journal locked by a handle that is being closed.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// Bytes a growth ahead writes between two syncs: a commit's `fdatasync` of the same file
+/// never has more of the grower's zeros to write out than this.
+const GROW_STEP: u64 = 256 << 10;
+/// How long the checkpoint thread waits after a failed growth before trying again.
+const GROW_RETRY: Duration = Duration::from_secs(1);
 
 /// Records put since the last write, each as its sequence number and value. The pass is
 /// filled in when the batch is written.
@@ -136,7 +153,8 @@ impl Pending {
 #[derive(Debug)]
 struct Log {
     path: PathBuf,
-    file: File,
+    /// Shared with a grower (see [`Growth`]), which writes only past `len`.
+    file: Arc<File>,
     /// The file's length: everything up to it has been written (zeros at least).
     len: u64,
     /// Where the next entry goes.
@@ -144,6 +162,8 @@ struct Log {
     pass: u32,
     /// When the first entry of the pass was written.
     since: Option<Instant>,
+    /// A growth ahead of this log under way.
+    growth: Option<Growth>,
 }
 
 /// What the inactive log is doing.
@@ -158,8 +178,16 @@ pub(super) enum Other {
 /// An open journal, the only one of its directory in this process.
 #[derive(Debug)]
 pub(super) struct Journal {
-    _claim: Claim,
+    /// Declared before `_claim`, so that dropping the journal waits for a log's grower (see
+    /// [`Growth`]) before the directory is given up.
     logs: [Log; 2],
+    /// The last growth ahead that failed, and when; reported once by [`Journal::tend`].
+    grow_failed: Option<(Instant, Option<io::Error>)>,
+    /// Tests: the next growth starts held, until the test lets it go (see
+    /// [`Progress::held`]).
+    #[cfg(test)]
+    hold_growth: bool,
+    _claim: Claim,
     active: usize,
     other: Other,
     /// The sequence number after the last one written.
@@ -239,8 +267,11 @@ impl Journal {
             File::open(dir)?.sync_all()?;
         }
         let journal = Journal {
-            _claim: claim,
             logs,
+            grow_failed: None,
+            #[cfg(test)]
+            hold_growth: false,
+            _claim: claim,
             active: 0,
             other: Other::Draining(recovered.last),
             next: recovered.last + 1,
@@ -269,14 +300,20 @@ impl Journal {
     /// `Ok(false)`: it does not fit even grown to [`MAX`]; nothing was written (sync sled,
     /// then [`Journal::recycle_all`]).
     pub(super) fn write(&mut self, batch: &mut Pending) -> io::Result<bool> {
-        let log = &mut self.logs[self.active];
-        let end = log.offset + padded(batch.buf.len()) as u64;
-        if end > log.len {
+        let end = self.logs[self.active].offset + padded(batch.buf.len()) as u64;
+        if end > self.logs[self.active].len {
             if end > MAX {
                 return Ok(false);
             }
-            log.grow_to(end.next_power_of_two().clamp(INITIAL, MAX))?;
+            // A growth ahead of this log: wait for the room it is making.
+            let waited = self.logs[self.active].absorb(Some(end));
+            self.note(waited);
+            let log = &mut self.logs[self.active];
+            if end > log.len {
+                log.grow_to(end.next_power_of_two().clamp(INITIAL, MAX))?;
+            }
         }
+        let log = &mut self.logs[self.active];
         batch.stamp(log.pass);
         // Whole pages only: no page is read back to be modified, and each write dirties
         // exactly the pages it covers.
@@ -291,6 +328,9 @@ impl Journal {
         log.offset = end;
         log.since.get_or_insert_with(Instant::now);
         self.next = batch.last + 1;
+        // Started here, not only by the checkpoint thread: under load a log fills from half
+        // to full faster than the thread's rounds come, and a round waits for a sync of sled.
+        self.grow_ahead();
         Ok(true)
     }
 
@@ -333,6 +373,210 @@ impl Journal {
     pub(super) fn is_clean(&self) -> bool {
         self.other == Other::Ready && self.logs[self.active].offset == HEADER
     }
+
+    /// The checkpoint thread's part of *Growing ahead* (module doc): takes in the growers'
+    /// progress and starts a growth that is due (see [`Journal::grow_ahead`]). `Err`: a
+    /// growth failed (reported once for each failure; the next try comes [`GROW_RETRY`]
+    /// later).
+    pub(super) fn tend(&mut self) -> io::Result<()> {
+        self.grow_ahead();
+        match self.grow_failed.as_mut().and_then(|(_, e)| e.take()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the growths that are due, each on a thread of its own, and returns at once:
+    /// the active log once it is half full, to twice its size; a log smaller than the other,
+    /// to the other's size. At most one growth per log at a time.
+    fn grow_ahead(&mut self) {
+        for i in 0..2 {
+            let done = self.logs[i].absorb(None);
+            self.note(done);
+        }
+        if let Some((at, _)) = &self.grow_failed {
+            if at.elapsed() < GROW_RETRY {
+                return;
+            }
+            self.grow_failed = None;
+        }
+        let active = &self.logs[self.active];
+        let other = &self.logs[1 - self.active];
+        let due = [
+            (active.len < MAX
+                && active.offset.saturating_sub(HEADER) > active.len.saturating_sub(HEADER) / 2)
+                .then(|| (self.active, active.len.saturating_mul(2).min(MAX))),
+            (active.len < other.len).then_some((self.active, other.len)),
+            (other.len < active.len).then_some((1 - self.active, active.len)),
+        ];
+        for (i, to) in due.into_iter().flatten() {
+            #[cfg(test)]
+            let held = std::mem::take(&mut self.hold_growth);
+            #[cfg(not(test))]
+            let held = false;
+            if let Err(e) = self.logs[i].grow_behind(to, held) {
+                self.grow_failed = Some((Instant::now(), Some(e)));
+                return;
+            }
+        }
+    }
+
+    /// Keeps the error of a growth that failed, for [`Journal::tend`].
+    fn note(&mut self, failed: Option<io::Error>) {
+        if let Some(e) = failed {
+            self.grow_failed = Some((Instant::now(), Some(e)));
+        }
+    }
+}
+
+impl Log {
+    /// Starts a thread that grows the log to `to` (see [`Growth`]), unless one is already
+    /// growing it. `held`: tests only, see [`Progress::held`].
+    fn grow_behind(&mut self, to: u64, held: bool) -> io::Result<()> {
+        if self.growth.is_some() || to <= self.len {
+            return Ok(());
+        }
+        let from = self.len;
+        let file = Arc::clone(&self.file);
+        let progress = Arc::new(Grown {
+            progress: Mutex::new(Progress {
+                len: from,
+                done: false,
+                error: None,
+                #[cfg(test)]
+                held,
+            }),
+            more: Condvar::new(),
+        });
+        #[cfg(not(test))]
+        let _ = held;
+        let theirs = Arc::clone(&progress);
+        let handle = std::thread::Builder::new()
+            .name("audit-grow".into())
+            .spawn(move || extend(&file, from, to, &theirs))?;
+        self.growth = Some(Growth {
+            progress,
+            handle: Some(handle),
+        });
+        Ok(())
+    }
+
+    /// Takes in how far the growth under way got; with `Some(end)`, first waits until it has
+    /// made room up to `end` or ended. Returns the error it ended with, if any.
+    fn absorb(&mut self, need: Option<u64>) -> Option<io::Error> {
+        let growth = self.growth.as_mut()?;
+        let (len, done, error) = {
+            let mut p = lock(&growth.progress.progress);
+            if let Some(end) = need {
+                while p.len < end && !p.done {
+                    p = growth
+                        .progress
+                        .more
+                        .wait(p)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            (p.len, p.done, p.error.take())
+        };
+        self.len = self.len.max(len);
+        if done {
+            // The thread has ended: joining it does not wait.
+            self.growth = None;
+        }
+        error
+    }
+}
+
+/// A growth ahead under way (see *Growing ahead* in the module doc): a thread writing zeros
+/// past the log's `len`, which commits do not write to until the grower has synced them.
+#[derive(Debug)]
+struct Growth {
+    progress: Arc<Grown>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Growth {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!("audit: the journal's growing thread panicked");
+            }
+        }
+    }
+}
+
+/// What a grower shares with the journal.
+#[derive(Debug)]
+struct Grown {
+    progress: Mutex<Progress>,
+    /// Notified each time `progress` changes.
+    more: Condvar,
+}
+
+#[derive(Debug)]
+struct Progress {
+    /// The file holds synced zeros (or entries) up to here.
+    len: u64,
+    /// The grower has ended, having reached its size or failed.
+    done: bool,
+    error: Option<io::Error>,
+    /// Tests: the grower waits while this is set, so that a test can commit before any of
+    /// the growth's zeros are written.
+    #[cfg(test)]
+    held: bool,
+}
+
+/// The grower's thread: writes zeros to `file` from `from` to `to`, syncing and publishing
+/// every [`GROW_STEP`].
+fn extend(file: &File, from: u64, to: u64, shared: &Grown) {
+    #[cfg(test)]
+    {
+        let mut p = lock(&shared.progress);
+        while p.held {
+            p = shared.more.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+    let mut at = from;
+    loop {
+        let end = at.saturating_add(GROW_STEP).min(to);
+        let result = write_zeros(file, at, end).and_then(|()| file.sync_data());
+        let mut p = lock(&shared.progress);
+        match result {
+            Ok(()) => {
+                at = end;
+                p.len = at;
+                p.done = at >= to;
+            }
+            Err(e) => {
+                p.done = true;
+                p.error = Some(e);
+            }
+        }
+        let done = p.done;
+        drop(p);
+        shared.more.notify_all();
+        if done {
+            return;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes zeros to `file` from `from` to `to`, page by page: a file written in large pieces
+/// gets large page-cache folios, and a small write into one then dirties (and `fdatasync`
+/// writes out) the whole folio, up to hundreds of KiB for each commit.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = [0u8; PAGE];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).unwrap_or(PAGE).min(PAGE);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 impl Log {
@@ -359,11 +603,12 @@ impl Log {
         };
         Ok(Log {
             path,
-            file,
+            file: Arc::new(file),
             len,
             offset: HEADER,
             pass,
             since: None,
+            growth: None,
         })
     }
 
@@ -373,7 +618,7 @@ impl Log {
             return Ok(());
         }
         let mut data = Vec::new();
-        io::Read::read_to_end(&mut &self.file, &mut data)?;
+        io::Read::read_to_end(&mut &*self.file, &mut data)?;
         let mut at = usize::try_from(HEADER).unwrap_or(usize::MAX);
         let mut prev: Option<u64> = None;
         // A batch ends with zeros up to a page boundary; the next one starts there.
@@ -418,17 +663,7 @@ impl Log {
     /// Extends the file with zeros to `to` bytes and syncs it, so that later writes overwrite
     /// allocated blocks (no extent or size change to commit).
     fn grow_to(&mut self, to: u64) -> io::Result<()> {
-        // Page by page: a file written in large pieces gets large page-cache folios, and a
-        // small write into one then dirties (and `fdatasync` writes out) the whole folio,
-        // up to hundreds of KiB for each commit.
-        const CHUNK: usize = PAGE;
-        let zeros = vec![0u8; CHUNK];
-        let mut at = self.len;
-        while at < to {
-            let n = usize::try_from(to - at).unwrap_or(CHUNK).min(CHUNK);
-            self.file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
+        write_zeros(&self.file, self.len, to)?;
         self.file.sync_data()?;
         self.len = to;
         Ok(())
@@ -644,6 +879,61 @@ mod tests {
         drop(j);
         let (_, got) = open(&dir, 20);
         assert_eq!(got, vec![21, 22]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn logs_grown_ahead_take_commits_while_they_grow_and_lose_none() {
+        let dir = tempdir("ahead");
+        let (mut j, _) = open(&dir, 0);
+        let mut seq = 0;
+        // Each batch of one entry takes a page.
+        let mut commit = move |j: &mut Journal, n: u64| {
+            for _ in 0..n {
+                seq += 1;
+                assert!(j.write(&mut batch(seq..=seq)).unwrap());
+            }
+            seq
+        };
+        let pages = (INITIAL - HEADER) / PAGE as u64;
+        commit(&mut j, pages / 2);
+        assert!(j.logs[0].growth.is_none(), "half full is not yet due");
+        j.hold_growth = true;
+        commit(&mut j, 1);
+        let grower = j.logs[0].growth.as_ref().map(|g| Arc::clone(&g.progress));
+        let grower = grower.expect("a commit past half starts a growth");
+        // Full, and the growth has not written anything yet.
+        commit(&mut j, pages - pages / 2 - 1);
+        assert_eq!(j.logs[0].offset, INITIAL);
+        // Commits go on past the old end: they wait for the room.
+        let committing = std::thread::spawn(move || {
+            let last = commit(&mut j, 8);
+            (j, last)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let waiting = !committing.is_finished();
+        lock(&grower.progress).held = false;
+        grower.more.notify_all();
+        assert!(waiting, "a commit did not wait for the room");
+        let (mut j, last) = committing.join().unwrap();
+        // Until nothing more is due: the smaller log catches up with the larger.
+        loop {
+            j.tend().unwrap();
+            if j.logs.iter().all(|l| l.growth.is_none()) {
+                break;
+            }
+            for log in &mut j.logs {
+                assert!(log.absorb(Some(u64::MAX)).is_none());
+            }
+        }
+        let len = |i: usize| std::fs::metadata(dir.join(FILES[i])).unwrap().len();
+        assert_eq!([len(0), len(1)], [j.logs[0].len, j.logs[1].len]);
+        assert_eq!(len(0), len(1));
+        assert!(len(0) >= 2 * INITIAL, "{}", len(0));
+        drop(j);
+        // Nothing the commits wrote was overwritten by a growth's zeros.
+        let (_, got) = open(&dir, 0);
+        assert_eq!(got, (1..=last).collect::<Vec<_>>());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

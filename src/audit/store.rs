@@ -7,7 +7,8 @@
 //! [`SledSink::sync`] writes the journal. A thread of its own (`audit-checkpoint`) inserts the
 //! records put since its last round into the tree, in sequence order, at least every 25 ms;
 //! it switches the journal's two logs every 64 KiB or 50 ms and syncs sled while commits go
-//! on, which frees the old log.
+//! on, which frees the old log. It also has a log grown ahead of need when one is filling up
+//! (*Growing ahead* in [`super::journal`]).
 //!
 //! # Why the tree is written behind
 //! A sled insert costs several microseconds (more when a leaf splits), and records must enter
@@ -359,6 +360,14 @@ impl Inner {
             let Some(journal) = st.journal.as_mut() else {
                 return;
             };
+            if let Err(e) = journal.tend() {
+                // Not a failure of the store: a commit that needs the room grows the log
+                // itself, and fails if it cannot.
+                tracing::warn!(
+                    "audit journal: a log could not be grown ahead of the commits ({e}); \
+                     commits grow it when they need the room"
+                );
+            }
             match journal.other() {
                 Other::Draining(t) => Some(t),
                 Other::Ready if journal.switch_due() => Some(journal.switch()),
