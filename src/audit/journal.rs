@@ -21,7 +21,8 @@
 //! # Growing ahead
 //! A log fills up when sled syncs more slowly than commits arrive (the other log is still
 //! draining). Growing it then, under the lock every commit waits for, stalled commits for as
-//! long as writing and syncing the new zeros took (tens of milliseconds for a few MiB). So a
+//! long as writing and syncing the new zeros took (milliseconds for a few MiB on a fast disk,
+//! more in a slow phase). So a
 //! log is grown ahead of need, checked after each commit and on each checkpoint round
 //! ([`Journal::tend`]): the active log, once it is three quarters full, to twice its size
 //! (not sooner, and not the other log on speculation: zeros written compete with the
@@ -99,7 +100,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Bytes a growth ahead writes between two syncs: a commit's `fdatasync` of the same file
 /// never has more of the grower's zeros to write out than this.
 const GROW_STEP: u64 = 256 << 10;
-/// How long the checkpoint thread waits after a failed growth before trying again.
+/// How long after a failed growth the next one may start.
 const GROW_RETRY: Duration = Duration::from_secs(1);
 
 /// Records put since the last write, each as its sequence number and value. The pass is
@@ -329,8 +330,9 @@ impl Journal {
         log.offset = end;
         log.since.get_or_insert_with(Instant::now);
         self.next = batch.last + 1;
-        // Started here, not only by the checkpoint thread: under load a log fills from half
-        // to full faster than the thread's rounds come, and a round waits for a sync of sled.
+        // Started here, not only by the checkpoint thread: under load a log fills from three
+        // quarters to full faster than the thread's rounds come, and a round waits for a sync
+        // of sled.
         self.grow_ahead();
         Ok(true)
     }
@@ -463,7 +465,7 @@ impl Log {
     fn absorb(&mut self, need: Option<u64>) -> Option<io::Error> {
         let growth = self.growth.as_mut()?;
         let (len, done, error) = {
-            let mut p = lock(&growth.progress.progress);
+            let mut p = super::commit::lock(&growth.progress.progress);
             if let Some(end) = need {
                 while p.len < end && !p.done {
                     p = growth
@@ -528,7 +530,7 @@ struct Progress {
 fn extend(file: &File, from: u64, to: u64, shared: &Grown) {
     #[cfg(test)]
     {
-        let mut p = lock(&shared.progress);
+        let mut p = super::commit::lock(&shared.progress);
         while p.held {
             p = shared.more.wait(p).unwrap_or_else(PoisonError::into_inner);
         }
@@ -537,7 +539,7 @@ fn extend(file: &File, from: u64, to: u64, shared: &Grown) {
     loop {
         let end = at.saturating_add(GROW_STEP).min(to);
         let result = write_zeros(file, at, end).and_then(|()| file.sync_data());
-        let mut p = lock(&shared.progress);
+        let mut p = super::commit::lock(&shared.progress);
         match result {
             Ok(()) => {
                 at = end;
@@ -556,10 +558,6 @@ fn extend(file: &File, from: u64, to: u64, shared: &Grown) {
             return;
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Writes zeros to `file` from `from` to `to`, page by page: a file written in large pieces
@@ -913,7 +911,7 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(100));
         let waiting = !committing.is_finished();
-        lock(&grower.progress).held = false;
+        crate::audit::commit::lock(&grower.progress).held = false;
         grower.more.notify_all();
         assert!(waiting, "a commit did not wait for the room");
         let (mut j, last) = committing.join().unwrap();
