@@ -33,6 +33,15 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits for one of the audit's threads (`what`: its name) to end; says so if it panicked.
+pub(super) fn join(thread: Option<JoinHandle<()>>, what: &str) {
+    if let Some(t) = thread {
+        if t.join().is_err() {
+            tracing::error!("audit: the {what} thread panicked");
+        }
+    }
+}
+
 /// Counters and the failing/working state, logged on each change.
 #[derive(Debug, Default)]
 pub(super) struct Health {
@@ -206,9 +215,7 @@ impl Drop for Committer {
     fn drop(&mut self) {
         lock(&self.shared.queue).closed = true;
         self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        join(self.thread.take(), "audit-commit");
     }
 }
 

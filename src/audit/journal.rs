@@ -415,9 +415,8 @@ impl Journal {
         let held = std::mem::take(&mut self.hold_growth);
         #[cfg(not(test))]
         let held = false;
-        if let Err(e) = self.logs[self.active].grow_behind(to, held) {
-            self.grow_failed = Some((Instant::now(), Some(e)));
-        }
+        let started = self.logs[self.active].grow_behind(to, held);
+        self.note(started.err());
     }
 
     /// Keeps the error of a growth that failed, for [`Journal::tend`].
@@ -496,11 +495,7 @@ struct Growth {
 
 impl Drop for Growth {
     fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                tracing::error!("audit: the journal's growing thread panicked");
-            }
-        }
+        super::commit::join(self.handle.take(), "audit-grow");
     }
 }
 

@@ -90,11 +90,7 @@ struct Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.signal.stop();
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                tracing::error!("audit: the checkpoint thread panicked");
-            }
-        }
+        super::commit::join(self.handle.take(), "audit-checkpoint");
     }
 }
 
