@@ -9,7 +9,8 @@
 //!
 //! Printed:
 //! - per load (closed loop: every connection sends its next request as soon as the last
-//!   answer is read; paced: all connections together send N requests a second, evenly spread)
+//!   answer is read; paced: all connections together send N requests a second, evenly
+//!   spread, each on its own staggered schedule, `common::Pacer`)
 //!   and per path (direct; gate with its data directory on the disk; gate with it on tmpfs,
 //!   where `fdatasync` costs nothing): requests a second, latency p50 / p90 / p99 / mean, the
 //!   added latency at each, and the request leg's p50 (client send -> upstream handler,
@@ -324,12 +325,13 @@ fn measure(
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(1 << 16);
                 let mut sent = 0u64;
-                let mut tick = load.ticker(start, i, conns);
+                let mut pacer = load.pacer(start, i, conns);
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(t) = &mut tick {
-                        t.tick().await;
-                    }
-                    let d = fetch(&mut s).await;
+                    let late = match &mut pacer {
+                        Some(p) => p.next().await,
+                        None => Duration::ZERO,
+                    };
+                    let d = late + fetch(&mut s).await;
                     sent += 1;
                     if measuring.load(Ordering::Relaxed) {
                         lat.push(d);

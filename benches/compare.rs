@@ -30,7 +30,9 @@
 //! Printed: per path at 1 and 32 connections, a closed loop (throughput, latency, the proxy
 //! process's CPU per request, by thread too, its context switches per request and its peak RSS,
 //! `VmHWM` reset before each window; the CPU other work on the machine used) and paced loads
-//! (added p50 / p99 over direct) at half of mitmproxy's closed-loop throughput and at 1,000/s;
+//! (added p50 / p99 over direct) at half of mitmproxy's closed-loop throughput and at 1,000/s,
+//! each connection on its own staggered schedule (`common::Pacer`: a send made late by a slow
+//! answer counts its lateness);
 //! a new connection (TCP, CONNECT, full TLS handshake, first response) per path; the gate's
 //! memory per held step-up request (2,000 held, HTTP/1.1 and HTTP/2); the goals; and the checks
 //! that each path did what it claims (the certificate each client saw, the token the upstream
@@ -800,12 +802,13 @@ fn measure(
             let (measuring, stop) = (measuring.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(4096);
-                let mut tick = load.ticker(start, i, conns);
+                let mut pacer = load.pacer(start, i, conns);
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(t) = &mut tick {
-                        t.tick().await;
-                    }
-                    let d = fetch(&mut s, via).await;
+                    let late = match &mut pacer {
+                        Some(p) => p.next().await,
+                        None => Duration::ZERO,
+                    };
+                    let d = late + fetch(&mut s, via).await;
                     if measuring.load(Ordering::Relaxed) {
                         lat.push(d);
                     }
