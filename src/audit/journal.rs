@@ -895,7 +895,7 @@ mod tests {
         j.hold_growth = true;
         commit(&mut j, 1);
         let grower = j.logs[0].growth.as_ref().map(|g| Arc::clone(&g.progress));
-        let grower = grower.expect("a commit past half starts a growth");
+        let grower = grower.expect("a commit past three quarters starts a growth");
         // Full, and the growth has not written anything yet.
         commit(&mut j, pages - due);
         assert_eq!(j.logs[0].offset, INITIAL);
