@@ -22,14 +22,13 @@
 //! A log fills up when sled syncs more slowly than commits arrive (the other log is still
 //! draining). Growing it then, under the lock every commit waits for, stalled commits for as
 //! long as writing and syncing the new zeros took (milliseconds for a few MiB on a fast disk,
-//! more in a slow phase). So a
-//! log is grown ahead of need, checked after each commit and on each checkpoint round
-//! ([`Journal::tend`]): the active log, once it is three quarters full, to twice its size
-//! (not sooner, and not the other log on speculation: zeros written compete with the
-//! commits for the disk). A thread of its own (`audit-grow`) writes the zeros
-//! past the log's end, syncing every [`GROW_STEP`] and publishing how far it got. Commits go
-//! on below the end, and a commit that needs the room waits only until the grower has synced
-//! it. A commit grows the log itself only when no growth is under way, or one failed.
+//! more in a slow phase). So a log is grown ahead of need, checked after each commit and on
+//! each checkpoint round ([`Journal::tend`]): the active log, once it is three quarters full,
+//! to twice its size (not sooner, and not the other log on speculation: zeros written compete
+//! with the commits for the disk). A thread of its own (`audit-grow`) writes the zeros past
+//! the log's end, syncing every [`GROW_STEP`] and publishing how far it got. Commits go on
+//! below the end, and a commit that needs the room waits only until the grower has synced it.
+//! A commit grows the log itself only when no growth is under way, or one failed.
 //!
 //! # Format
 //! ```text
